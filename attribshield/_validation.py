@@ -1,0 +1,141 @@
+"""Input validation shared by the estimator, the components and the evaluation functions.
+
+Every check raises ``ValueError`` naming the problem *before* any heavy work starts.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import torch
+
+__all__ = ["check_images", "check_labels", "check_consistent_length"]
+
+
+def _describe(x) -> str:
+    return f"{type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))}"
+
+
+def check_images(X, *, name: str = "X", ndim: int = 4, dtype=torch.float32) -> torch.Tensor:
+    """Validate an image batch and return it as a float tensor in [0, 1].
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (N, C, H, W)
+        Float values in [0, 1], or ``uint8`` values in 0..255 (scaled by 1/255).
+    name : str, default="X"
+        Name used in error messages.
+    ndim : int, default=4
+        Required number of dimensions.
+    dtype : torch.dtype, default=torch.float32
+        Floating dtype of the result (float64 inputs keep float64).
+
+    Returns
+    -------
+    X : torch.Tensor
+        Same device as the input when it was a tensor, else CPU.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dimensions, empty batch, non-numeric or boolean dtype, non-finite
+        values, or float values outside [0, 1].
+    """
+    if isinstance(X, torch.Tensor):
+        t = X.detach()
+    else:
+        try:
+            arr = np.asarray(X)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from exc
+        if arr.dtype == object:
+            raise ValueError(f"{name} must be a numeric array, got dtype=object")
+        if arr.dtype.kind not in "uif":
+            raise ValueError(f"{name} must hold numbers (float in [0, 1] or uint8), got dtype={arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must be float in [0, 1] or uint8, got dtype={t.dtype}")
+    if t.ndim != ndim:
+        raise ValueError(
+            f"{name} must have {ndim} dimensions (N, C, H, W), got {t.ndim} dimensions with shape {tuple(t.shape)}"
+        )
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty: got 0 samples (shape {tuple(t.shape)})")
+    if any(s == 0 for s in t.shape[1:]):
+        raise ValueError(f"{name} has an empty dimension: shape {tuple(t.shape)}")
+    if t.dtype == torch.uint8:
+        return t.to(dtype) / 255.0
+    if not t.is_floating_point():
+        raise ValueError(
+            f"{name} must be float in [0, 1] or uint8 in 0..255, got integer dtype {t.dtype}; "
+            "convert with X.astype('float32') / 255 if these are pixel values"
+        )
+    if t.dtype != torch.float64:
+        t = t.to(dtype)
+    if not bool(torch.isfinite(t).all()):
+        n_bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"{name} values must lie in [0, 1], got min={lo:.4g} max={hi:.4g}; "
+            "scale images to [0, 1] (normalisation belongs inside the module)"
+        )
+    return t
+
+
+def check_labels(y, n_samples: int | None = None, *, name: str = "y", n_classes: int | None = None) -> torch.Tensor:
+    """Validate integer class labels and return them as a 1-D ``int64`` tensor.
+
+    Raises ``ValueError`` for non-integer, non-finite, empty, multi-dimensional labels, a
+    length that does not match ``n_samples``, or labels outside ``0..n_classes-1``.
+    """
+    if isinstance(y, torch.Tensor):
+        t = y.detach()
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contains non-finite values")
+            if not bool((t == t.round()).all()):
+                raise ValueError(f"{name} must hold integer class labels, got non-integer floats")
+            t = t.long()
+        elif t.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integer class labels, got dtype=bool")
+    else:
+        arr = np.asarray(y)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{name} contains non-finite values")
+            if not np.all(arr == np.round(arr)):
+                raise ValueError(f"{name} must hold integer class labels, got non-integer floats")
+            arr = arr.astype(np.int64)
+        elif arr.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer class labels, got dtype={arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr).astype(np.int64))
+    if t.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty: got 0 labels")
+    if n_samples is not None and t.numel() != n_samples:
+        raise ValueError(f"X and {name} have different lengths: {n_samples} images but {t.numel()} labels")
+    if bool((t < 0).any()):
+        raise ValueError(f"{name} contains negative labels (min {int(t.min())})")
+    if n_classes is not None and bool((t >= n_classes).any()):
+        raise ValueError(f"{name} contains labels >= n_classes={n_classes} (max {int(t.max())})")
+    return t
+
+
+def check_consistent_length(*arrays) -> None:
+    lengths = [len(a) for a in arrays if a is not None]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"inputs have inconsistent numbers of samples: {lengths}")
+
+
+def check_positive(value, name: str, *, strict: bool = True, integer: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a (strictly) positive number."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if strict and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if not strict and not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")

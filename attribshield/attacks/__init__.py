@@ -1,0 +1,9 @@
+"""Adversarial attacks: ``perturb(model, X, y, *, target=None) -> X_adv``.
+
+Inputs are ``(N, C, H, W)`` tensors in [0, 1]; normalisation belongs inside the model.
+"""
+from ._threat import NORMS, distance, project
+from .fgsm import FGSM
+from .pgd import PGD, GuidedPGD
+
+__all__ = ["FGSM", "PGD", "GuidedPGD", "NORMS", "distance", "project"]

@@ -1,0 +1,113 @@
+"""Base class of the gradient attacks."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from .._validation import check_images, check_labels
+from ..base import Component, eval_mode, get_module, make_generator
+from ._threat import check_norm
+
+
+class GradientAttack(Component):
+    """Shared machinery: validation, eval mode, input gradients, [0, 1] clipping.
+
+    Subclasses implement :meth:`_attack` on validated tensors.  ``perturb`` puts the module in
+    eval mode for the attack and restores every submodule's flag afterwards; gradients are
+    taken with ``torch.autograd.grad`` with respect to the input only, so the parameters'
+    ``.grad`` fields are never touched.
+    """
+
+    def _validate_params(self) -> None:
+        eps = self.eps
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        check_norm(getattr(self, "norm", "Linf"))
+        steps = getattr(self, "steps", 1)
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        ss = getattr(self, "step_size", None)
+        if ss is not None and (isinstance(ss, bool) or not isinstance(ss, numbers.Real) or not ss > 0):
+            raise ValueError(f"step_size must be a number > 0, got {ss!r}")
+        restarts = getattr(self, "restarts", 1)
+        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
+            raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
+
+    # -- random numbers ------------------------------------------------------------------
+    def _generator(self, device):
+        """A generator per device, created lazily from ``random_state`` (None: torch's global)."""
+        rs = getattr(self, "random_state", None)
+        if rs is None:
+            return None
+        cache = self.__dict__.setdefault("_generators", {})
+        key = str(torch.device(device))
+        if key not in cache:
+            cache[key] = make_generator(rs, device)
+        return cache[key]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_generators", None)
+        return state
+
+    # -- public --------------------------------------------------------------------------
+    def perturb(self, model, X, y, *, target=None, **kwargs):
+        """Return adversarial examples for ``X``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or fitted RobustAttributionClassifier
+            Returns logits of shape ``(N, n_classes)``.
+        X : torch.Tensor of shape (N, C, H, W)
+            Inputs in [0, 1], on the model's device.
+        y : torch.Tensor of shape (N,)
+            True labels (untargeted attack: the loss on ``y`` is increased).
+        target : torch.Tensor of shape (N,), optional
+            Target labels: when given, the attack is targeted and decreases the loss on
+            ``target`` instead.
+
+        Returns
+        -------
+        X_adv : torch.Tensor
+            Same shape, dtype and device as ``X``, inside the threat model and [0, 1].
+            ``X`` itself is not modified.
+        """
+        self._validate_params()
+        module = get_module(model)
+        X = check_images(X) if not isinstance(X, torch.Tensor) else X
+        if X.ndim != 4:
+            raise ValueError(f"X must have 4 dimensions (N, C, H, W), got shape {tuple(X.shape)}")
+        if not X.is_floating_point():
+            raise ValueError(f"X must be a float tensor in [0, 1], got dtype {X.dtype}")
+        y = torch.as_tensor(y, device=X.device).long()
+        if y.shape != (X.shape[0],):
+            raise ValueError(f"y must have shape ({X.shape[0]},), got {tuple(y.shape)}")
+        if target is not None:
+            target = torch.as_tensor(target, device=X.device).long()
+            if target.shape != (X.shape[0],):
+                raise ValueError(f"target must have shape ({X.shape[0]},), got {tuple(target.shape)}")
+        if self.eps == 0:
+            return X.detach().clone()
+        with eval_mode(module), torch.enable_grad():
+            X_adv = self._attack(module, X.detach(), y, target, **kwargs)
+        return X_adv.detach()
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    @staticmethod
+    def _loss_and_grad(module, X_adv, y, target):
+        """Per-batch summed cross-entropy and its gradient in the ascent direction."""
+        X_adv = X_adv.detach().requires_grad_(True)
+        logits = module(X_adv)
+        if target is None:
+            loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        else:
+            loss = -F.cross_entropy(logits.float(), target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, X_adv)
+        return logits.detach(), grad
+
+    @staticmethod
+    def _success(logits, y, target):
+        pred = logits.argmax(dim=1)
+        return pred != y if target is None else pred == target

@@ -1,0 +1,130 @@
+"""Component base class, protocols and small shared helpers.
+
+Every pluggable part of attribshield (explainer, masker, regularizer, attacker) is a
+:class:`Component`: a scikit-learn ``BaseEstimator`` whose ``__init__`` only stores its
+hyperparameters.  That is what makes ``clone``, ``get_params(deep=True)``,
+``set_params(attacker__eps=...)`` and ``GridSearchCV(clf, {"masker__top_k": [...]})`` work.
+
+The model is passed **per call** (never bound at construction, unlike torchattacks), and the
+device is taken from the input tensor, so one component object serves CPU and CUDA models and
+pickles without holding a model.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+__all__ = [
+    "Component",
+    "Attacker",
+    "Explainer",
+    "Masker",
+    "Regularizer",
+    "eval_mode",
+    "get_module",
+    "make_generator",
+]
+
+
+class Component(BaseEstimator):
+    """Base class of all attribshield components.
+
+    Subclasses declare their hyperparameters as explicit keyword arguments of ``__init__``
+    and store them unchanged (scikit-learn convention): no validation and no derived state
+    in ``__init__``.  Validation happens in :meth:`_validate_params`, called at the start of
+    the component's work.
+    """
+
+    def _validate_params(self) -> None:  # pragma: no cover - overridden where needed
+        """Raise ``ValueError`` for invalid hyperparameters (hook for subclasses)."""
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # keep sklearn's compact repr
+        return super().__repr__(N_CHAR_MAX=N_CHAR_MAX)
+
+
+def make_generator(random_state, device) -> Optional[torch.Generator]:
+    """Return a ``torch.Generator`` on ``device`` seeded from ``random_state``.
+
+    Parameters
+    ----------
+    random_state : None, int, numpy.random.Generator, numpy.random.RandomState or torch.Generator
+        ``None`` returns ``None`` (torch's global generator is used).  An int seeds a new
+        generator; numpy generators draw a seed; a ``torch.Generator`` is returned as is.
+    device : torch.device or str
+    """
+    if random_state is None:
+        return None
+    if isinstance(random_state, torch.Generator):
+        return random_state
+    if isinstance(random_state, (np.random.Generator,)):
+        seed = int(random_state.integers(0, 2**63 - 1))
+    elif isinstance(random_state, np.random.RandomState):
+        seed = int(random_state.randint(0, 2**31 - 1))
+    else:
+        seed = int(random_state)
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(seed)
+    return gen
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Put ``module`` in eval mode for the block and restore every submodule's flag after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def get_module(model) -> torch.nn.Module:
+    """Return the ``torch.nn.Module`` behind ``model`` (a module or a fitted estimator)."""
+    if isinstance(model, torch.nn.Module):
+        return model
+    module = getattr(model, "module_", None)
+    if isinstance(module, torch.nn.Module):
+        return module
+    raise TypeError(
+        f"expected a torch.nn.Module or a fitted RobustAttributionClassifier, got {type(model).__name__}"
+    )
+
+
+# --------------------------------------------------------------------------- protocols
+@runtime_checkable
+class Attacker(Protocol):
+    """``perturb(model, X, y, *, target=None) -> X_adv`` inside the threat model.
+
+    ``X`` is ``(N, C, H, W)`` in [0, 1]; ``X_adv`` has the same shape, dtype and device,
+    ``||X_adv - X|| <= eps`` in the attack's norm, and ``X_adv`` in [0, 1].
+    """
+
+    def perturb(self, model, X, y, *, target=None): ...
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """``explain(model, X, target=None, *, segments=None) -> Attribution``."""
+
+    def explain(self, model, X, target=None, *, segments=None): ...
+
+
+@runtime_checkable
+class Masker(Protocol):
+    """``select(...) -> (N, S) bool`` and ``apply(X, segments, selected) -> X_masked``."""
+
+    def select(self, *args, **kwargs): ...
+
+    def apply(self, X, segments, selected): ...
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """``penalty(model, X, y, mask) -> scalar tensor`` (differentiable in the parameters)."""
+
+    def penalty(self, model, X, y, mask): ...

@@ -1,0 +1,453 @@
+"""RobustAttributionClassifier: a skorch classifier with pluggable robustness components."""
+from __future__ import annotations
+
+import contextlib
+import numbers
+import time
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from skorch import NeuralNetClassifier
+from skorch.dataset import unpack_data
+from skorch.utils import to_tensor
+from torch.utils.data import Dataset
+
+from ._validation import check_images, check_labels
+
+__all__ = ["RobustAttributionClassifier", "ImageDataset"]
+
+COMPONENTS = ("attacker", "masker", "regularizer", "explainer")
+_AUTOCAST = {None: None, False: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+
+
+class ImageDataset(Dataset):
+    """Images (float in [0, 1] or uint8) with labels; items are ``({"X": x, "index": i}, y)``.
+
+    The sample index travels with every batch so that per-sample state (the refinement
+    loop's mask cache) stays correct under shuffling and batching.  ``uint8`` images are kept
+    as ``uint8`` in memory (4x smaller) and scaled to [0, 1] per item.
+    """
+
+    def __init__(self, X: torch.Tensor, y=None):
+        self.X = X
+        self.y = y
+        self._scale = X.dtype == torch.uint8
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        x = self.X[i]
+        if self._scale:
+            x = x.float().div_(255.0)
+        y = self.y[i] if self.y is not None else torch.tensor(0)
+        return {"X": x, "index": torch.tensor(i)}, y
+
+
+class _IndexedDataset(Dataset):
+    """Wraps a user's ``Dataset`` of ``(x, y)`` items so that the index travels along."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        x, y = item if isinstance(item, (tuple, list)) else (item, torch.tensor(0))
+        return {"X": torch.as_tensor(x), "index": torch.tensor(i)}, y
+
+
+class RobustAttributionClassifier(NeuralNetClassifier):
+    """Image classifier trained with adversarial augmentation and attribution guidance.
+
+    A skorch :class:`~skorch.NeuralNetClassifier` whose training step composes pluggable
+    components: an ``attacker`` (adversarial augmentation), a ``masker`` (hides spurious
+    segments found by the ``explainer``), and a ``regularizer`` (penalises input
+    sensitivity on those segments).  Every component is optional: with none of them this is
+    plain training, with only an attacker it is standard adversarial training.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance
+        Maps images ``(N, C, H, W)`` in [0, 1] to **logits** ``(N, n_classes)``.
+        Normalisation belongs inside the module.
+    attacker : Attacker or None, default=None
+        E.g. :class:`~attribshield.attacks.FGSM` or :class:`~attribshield.attacks.PGD`.
+        When set, every batch is attacked and the loss is taken on the adversarial images.
+    masker : Masker or None, default=None
+        Selects spurious segments from explanations and fills them (see
+        :mod:`attribshield.maskers`).
+    regularizer : Regularizer or None, default=None
+        Sensitivity penalty on the spurious regions (see :mod:`attribshield.regularizers`).
+    explainer : Explainer or None, default=None
+        Used by :meth:`explain` and by the refinement loop; ``None`` means a default
+        :class:`~attribshield.explainers.LimeExplainer`.
+    clean_weight : float, default=0.0
+        With an attacker, the loss is ``(1 - clean_weight) * CE(f(x_adv), y) +
+        clean_weight * CE(f(x), y)``.
+    mask_weight : float, default=1.0
+        Weight ``alpha`` of the masked-input loss ``CE(f(fill(x, M)), y)``.
+    refine_every : int, default=2
+        Re-explain the training images every this many epochs (closed loop).
+    refine_fraction : float, default=1.0
+        Share of the training images re-explained per refinement round (rotating).
+    input_shape : tuple of int or None, default=None
+        When set, 2-D inputs ``(N, F)`` are reshaped to ``(N, *input_shape)`` (``-1``
+        allowed), so the estimator can follow scikit-learn transformers in a ``Pipeline``.
+        ``None``: inputs must already be ``(N, C, H, W)``.
+    value_range : tuple of float or None, default=(0.0, 1.0)
+        Inputs outside this range are rejected.  ``None`` disables the check (non-image data).
+    channels_last : bool, default=False
+        Use the channels-last memory format for the module and the inputs (faster
+        convolutions on CPUs with AVX-512 and on recent GPUs).
+    autocast : {None, "bf16", "fp16"}, default=None
+        Mixed-precision autocast for forward passes in training and inference.
+    random_state : int or None, default=None
+        Seeds torch (module initialisation, shuffling, random starts of components that
+        have no seed of their own) when the estimator is initialised.
+    criterion : default=torch.nn.CrossEntropyLoss
+    optimizer : default=torch.optim.SGD
+    train_split : default=None
+        No internal validation split by default (it would silently drop 20 % of the data
+        in every cross-validation fold); pass ``skorch.dataset.ValidSplit(5)`` for one.
+    **kwargs
+        Every other :class:`~skorch.NeuralNetClassifier` argument (``lr``, ``max_epochs``,
+        ``batch_size``, ``device``, ``callbacks``, ``module__*``, ``optimizer__*``, ...).
+
+    Attributes
+    ----------
+    module_ : torch.nn.Module
+    attacker_, masker_, regularizer_, explainer_ : fitted copies of the components
+        (``sklearn.base.clone`` of the constructor arguments).
+    classes_ : ndarray
+        Class labels seen in ``fit`` (or ``classes``).  Labels are integers; they index
+        the module's outputs after encoding to ``0..n_classes-1``.
+    history_ : skorch.History
+
+    Notes
+    -----
+    ``X`` may be a float array or tensor in [0, 1] or a ``uint8`` array in 0..255 (scaled by
+    1/255 and kept as ``uint8`` in memory), or a ``torch.utils.data.Dataset`` of ``(x, y)``.
+    Bad input (wrong dimensions, NaN/inf, values outside [0, 1], non-integer labels, empty
+    data, mismatched lengths) raises ``ValueError`` before training starts.
+
+    Examples
+    --------
+    >>> from attribshield import RobustAttributionClassifier
+    >>> from attribshield.attacks import FGSM
+    >>> from attribshield.data import load_digits
+    >>> from attribshield.models import DigitsNet
+    >>> X, y = load_digits()
+    >>> clf = RobustAttributionClassifier(DigitsNet, attacker=FGSM(eps=0.1, random_start=True),
+    ...                                   max_epochs=2, lr=0.05, verbose=0, random_state=0)
+    >>> clf.fit(X[:200], y[:200]).predict(X[:3]).shape
+    (3,)
+    """
+
+    def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
+                 train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
+                 clean_weight=0.0, mask_weight=1.0, refine_every=2, refine_fraction=1.0,
+                 input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
+                 random_state=None, **kwargs):
+        super().__init__(module, criterion=criterion, optimizer=optimizer, train_split=train_split, **kwargs)
+        self.attacker = attacker
+        self.masker = masker
+        self.regularizer = regularizer
+        self.explainer = explainer
+        self.clean_weight = clean_weight
+        self.mask_weight = mask_weight
+        self.refine_every = refine_every
+        self.refine_fraction = refine_fraction
+        self.input_shape = input_shape
+        self.value_range = value_range
+        self.channels_last = channels_last
+        self.autocast = autocast
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ parameters
+    def _get_param_names(self):
+        # skorch lists every non-underscore-suffixed attribute, which leaks private state
+        # such as ``_params_to_validate`` into get_params/clone.
+        return [k for k in super()._get_param_names() if not k.startswith("_")]
+
+    def set_params(self, **kwargs):
+        """Set parameters; ``<component>__<param>`` is routed into the component object.
+
+        ``set_params(attacker__eps=0.1)`` sets ``eps`` on ``self.attacker`` (scikit-learn's
+        nested semantics) and, on an initialised estimator, rebuilds ``attacker_``.
+        """
+        nested, rest = {}, {}
+        for key, val in kwargs.items():
+            head, sep, sub = key.partition("__")
+            if sep and head in COMPONENTS:
+                nested.setdefault(head, {})[sub] = val
+            else:
+                rest[key] = val
+        if rest:
+            super().set_params(**rest)
+        for head, params in nested.items():
+            comp = getattr(self, head)
+            if comp is None:
+                raise ValueError(f"cannot set {sorted(params)} on {head}: {head} is None")
+            comp.set_params(**params)
+        if self.initialized_ and (nested or any(k in COMPONENTS for k in rest)):
+            self.initialize_components()
+        return self
+
+    def _validate_own_params(self):
+        for name in ("clean_weight", "mask_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if not 0 <= self.clean_weight <= 1:
+            raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
+        re = self.refine_every
+        if isinstance(re, bool) or not isinstance(re, numbers.Integral) or re < 1:
+            raise ValueError(f"refine_every must be an integer >= 1, got {re!r}")
+        rf = self.refine_fraction
+        if isinstance(rf, bool) or not isinstance(rf, numbers.Real) or not 0 < rf <= 1:
+            raise ValueError(f"refine_fraction must be in (0, 1], got {rf!r}")
+        if self.autocast not in _AUTOCAST:
+            raise ValueError(f"autocast must be one of None, 'bf16', 'fp16', got {self.autocast!r}")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if not lo < hi:
+                raise ValueError(f"value_range must be (low, high) with low < high, got {self.value_range!r}")
+
+    # ------------------------------------------------------------------ initialisation
+    def initialize(self):
+        """Seed, initialise the skorch parts, then the components (``*_`` copies)."""
+        self._validate_own_params()
+        if self.random_state is not None:
+            torch.manual_seed(int(self.random_state))
+        super().initialize()
+        self.initialize_components()
+        return self
+
+    def initialize_module(self):
+        super().initialize_module()
+        if self.channels_last:
+            self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def initialize_components(self):
+        """Build the fitted copies ``attacker_``, ``masker_``, ``regularizer_``, ``explainer_``."""
+        for name in COMPONENTS:
+            comp = getattr(self, name)
+            setattr(self, name + "_", clone(comp) if comp is not None else None)
+        if self.explainer_ is None:
+            from .explainers import LimeExplainer
+
+            self.explainer_ = LimeExplainer(random_state=self.random_state)
+        return self
+
+    # ------------------------------------------------------------------ data
+    def _check_X(self, X):
+        if isinstance(X, torch.Tensor) or not hasattr(X, "__getitem__") or isinstance(X, (np.ndarray, list, tuple)):
+            t = X if isinstance(X, torch.Tensor) else np.asarray(X)
+            if self.input_shape is not None and t.ndim == 2:
+                t = t.reshape(t.shape[0], *self.input_shape)
+            keep_uint8 = (t.dtype == np.uint8) or (isinstance(t, torch.Tensor) and t.dtype == torch.uint8)
+            if self.value_range is None or tuple(self.value_range) != (0.0, 1.0):
+                return self._check_X_range(t)
+            Xt = check_images(t)
+            if keep_uint8:
+                Xt = torch.as_tensor(t)  # validated; kept as uint8 in memory
+            return Xt
+        raise ValueError(f"X must be an array, a tensor or a torch Dataset, got {type(X).__name__}")
+
+    def _check_X_range(self, t):
+        t = torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t)
+        if t.ndim != 4:
+            raise ValueError(f"X must have 4 dimensions (N, C, H, W), got shape {tuple(t.shape)}")
+        if t.shape[0] == 0:
+            raise ValueError("X is empty: got 0 samples")
+        if not t.is_floating_point():
+            t = t.float()
+        t = t.float() if t.dtype != torch.float64 else t.float()
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError("X contains non-finite values (NaN or inf)")
+        if self.value_range is not None:
+            lo, hi = self.value_range
+            if float(t.min()) < lo or float(t.max()) > hi:
+                raise ValueError(f"X values must lie in [{lo}, {hi}], got min={float(t.min()):.4g} max={float(t.max()):.4g}")
+        return t
+
+    def get_dataset(self, X, y=None):
+        """Validate ``X`` (and ``y``) and wrap them in an :class:`ImageDataset`."""
+        if isinstance(X, (ImageDataset, _IndexedDataset)):
+            return X
+        if isinstance(X, Dataset):
+            if len(X) == 0:
+                raise ValueError("X is an empty Dataset")
+            return _IndexedDataset(X)
+        Xt = self._check_X(X)
+        yt = None
+        if y is not None:
+            yt = check_labels(y, len(Xt))
+        return ImageDataset(Xt, yt)
+
+    def check_data(self, X, y):
+        if y is None and not isinstance(X, Dataset):
+            raise ValueError("y is required to fit a classifier (or pass a Dataset of (x, y) items)")
+        if y is not None:
+            n = len(X) if hasattr(X, "__len__") else None
+            check_labels(y, n)
+        super().check_data(X, y)
+        classes = np.asarray(self.classes_)
+        if classes.dtype.kind not in "iu":
+            raise ValueError(f"class labels must be integers, got {classes.dtype}")
+        self._classes_t = None
+
+    def _encode_y(self, y: torch.Tensor) -> torch.Tensor:
+        """Map labels to ``0..n_classes-1`` (identity when classes are ``0..K-1``)."""
+        classes = np.asarray(self.classes_)
+        if np.array_equal(classes, np.arange(len(classes))):
+            enc = y
+        else:
+            ct = torch.as_tensor(classes, device=y.device)
+            enc = torch.searchsorted(ct, y)
+            enc = enc.clamp_max(len(classes) - 1)
+            if bool((ct[enc] != y).any()):
+                unknown = torch.unique(y[ct[enc] != y]).tolist()
+                raise ValueError(f"y contains labels not seen in fit: {unknown}")
+        if bool((enc >= len(classes)).any()) or bool((enc < 0).any()):
+            raise ValueError(f"y contains labels not seen in fit: {torch.unique(y[enc >= len(classes)]).tolist()}")
+        return enc
+
+    # ------------------------------------------------------------------ forward helpers
+    def _to_input(self, x) -> tuple:
+        """Batch X (a dict from :class:`ImageDataset` or a tensor) -> (images on device, index)."""
+        index = None
+        if isinstance(x, dict):
+            index = x.get("index")
+            x = x["X"]
+        x = to_tensor(x, device=self.device)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, index
+
+    def _autocast(self):
+        dtype = _AUTOCAST.get(self.autocast)
+        if dtype is None:
+            return contextlib.nullcontext()
+        dev = torch.device(self.device).type if self.device else "cpu"
+        return torch.autocast(device_type=dev, dtype=dtype)
+
+    def infer(self, x, **fit_params):
+        x, _ = self._to_input(x)
+        with self._autocast():
+            out = self.module_(x, **fit_params)
+        return out.float() if isinstance(out, torch.Tensor) and out.dtype != torch.float32 else out
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y_true = self._encode_y(to_tensor(y_true, device=self.device).long())
+        return self.criterion_(y_pred, y_true)
+
+    # ------------------------------------------------------------------ training step
+    def train_step_single(self, batch, **fit_params):
+        """One training step: adversarial, masked and regularised losses, then backward."""
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        X, index = self._to_input(Xi)
+        y = self._encode_y(to_tensor(yi, device=self.device).long())
+        module = self.module_
+        mask = self._batch_mask(index, X) if self.masker_ is not None or self.regularizer_ is not None else None
+
+        terms = {}
+        if self.attacker_ is not None:
+            X_adv = self._perturb(module, X, y, mask)
+            with self._autocast():
+                y_pred = module(X_adv).float()
+            loss = self.criterion_(y_pred, y)
+            terms["adv"] = loss.detach()
+            if self.clean_weight > 0:
+                with self._autocast():
+                    logits_clean = module(X).float()
+                loss_clean = self.criterion_(logits_clean, y)
+                terms["clean"] = loss_clean.detach()
+                loss = (1 - self.clean_weight) * loss + self.clean_weight * loss_clean
+        else:
+            with self._autocast():
+                y_pred = module(X, **fit_params).float()
+            loss = self.criterion_(y_pred, y)
+
+        if mask is not None and self.masker_ is not None and self.mask_weight > 0:
+            X_masked = self.masker_.apply_mask(X, mask)
+            with self._autocast():
+                logits_masked = module(X_masked).float()
+            loss_masked = self.criterion_(logits_masked, y)
+            terms["masked"] = loss_masked.detach()
+            loss = loss + self.mask_weight * loss_masked
+        if mask is not None and self.regularizer_ is not None:
+            pen = self.regularizer_.penalty(module, X, y, mask)
+            terms["penalty"] = pen.detach()
+            loss = loss + pen
+        loss.backward()
+        self._record_terms(terms)
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _perturb(self, module, X, y, mask):
+        kwargs = {}
+        if mask is not None and "mask" in _perturb_params(self.attacker_):
+            kwargs["mask"] = mask
+        return self.attacker_.perturb(module, X, y, **kwargs)
+
+    def _record_terms(self, terms):
+        """Record each loss term of the batch in the history (``<term>_loss`` keys)."""
+        for key, val in terms.items():
+            self.history.record_batch(f"{key}_loss", float(val))
+
+    def _batch_mask(self, index, X):
+        """The cached spurious-pixel mask ``(B, 1, H, W)`` for these samples, or ``None``."""
+        state = getattr(self, "refinement_", None)
+        if state is None or index is None:
+            return None
+        return state.pixel_mask(index, X)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, X):
+        """Predicted class labels, shape ``(N,)``."""
+        proba = self.predict_proba(X)
+        return np.asarray(self.classes_)[proba.argmax(axis=1)]
+
+    def explain(self, X, y=None):
+        """Explain the predictions on ``X`` with the estimator's explainer.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, C, H, W)
+            Images in [0, 1].
+        y : array-like of shape (N,), optional
+            Class labels to explain; default: the predicted classes.
+
+        Returns
+        -------
+        attribution : attribshield.explainers.Attribution
+            Segments ``(N, H, W)``, per-segment weights ``(N, S)``, intercepts and scores.
+        """
+        self.check_is_fitted()
+        Xt = self._check_X(X)
+        if Xt.dtype == torch.uint8:
+            Xt = Xt.float() / 255.0
+        if y is not None:
+            target = self._encode_y(check_labels(y, len(Xt)))
+        else:
+            target = torch.as_tensor(self.predict_proba(Xt).argmax(axis=1))
+        Xt = Xt.to(self.device)
+        return self.explainer_.explain(self.module_, Xt, target.to(self.device))
+
+
+def _perturb_params(attacker):
+    import inspect
+
+    try:
+        return inspect.signature(attacker.perturb).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return {}
