@@ -13,7 +13,7 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch.utils.data import Dataset
 
-from ._validation import check_images, check_labels
+from ._validation import as_tensor, check_images, check_labels
 
 __all__ = ["RobustAttributionClassifier", "ImageDataset"]
 
@@ -222,6 +222,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
     def initialize(self):
         """Seed, initialise the skorch parts, then the components (``*_`` copies)."""
         self._validate_own_params()
+        self.__dict__.pop("n_features_in_", None)
+        self.__dict__.pop("n_outputs_", None)
         if self.random_state is not None:
             torch.manual_seed(int(self.random_state))
         super().initialize()
@@ -247,35 +249,28 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     # ------------------------------------------------------------------ data
     def _check_X(self, X):
-        if isinstance(X, torch.Tensor) or not hasattr(X, "__getitem__") or isinstance(X, (np.ndarray, list, tuple)):
-            t = X if isinstance(X, torch.Tensor) else np.asarray(X)
-            if self.input_shape is not None and t.ndim == 2:
+        """Validate images; returns a float tensor, or a validated ``uint8`` tensor kept as is."""
+        t = as_tensor(X)
+        if self.input_shape is not None and t.ndim == 2:
+            if t.shape[1] == 0:
+                raise ValueError(f"Found array with 0 feature(s) (shape={tuple(t.shape)}) while a minimum of 1 "
+                                 "is required.")
+            try:
                 t = t.reshape(t.shape[0], *self.input_shape)
-            keep_uint8 = (t.dtype == np.uint8) or (isinstance(t, torch.Tensor) and t.dtype == torch.uint8)
-            if self.value_range is None or tuple(self.value_range) != (0.0, 1.0):
-                return self._check_X_range(t)
-            Xt = check_images(t)
-            if keep_uint8:
-                Xt = torch.as_tensor(t)  # validated; kept as uint8 in memory
-            return Xt
-        raise ValueError(f"X must be an array, a tensor or a torch Dataset, got {type(X).__name__}")
-
-    def _check_X_range(self, t):
-        t = torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t)
-        if t.ndim != 4:
-            raise ValueError(f"X must have 4 dimensions (N, C, H, W), got shape {tuple(t.shape)}")
-        if t.shape[0] == 0:
-            raise ValueError("X is empty: got 0 samples")
-        if not t.is_floating_point():
-            t = t.float()
-        t = t.float() if t.dtype != torch.float64 else t.float()
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError("X contains non-finite values (NaN or inf)")
-        if self.value_range is not None:
-            lo, hi = self.value_range
-            if float(t.min()) < lo or float(t.max()) > hi:
-                raise ValueError(f"X values must lie in [{lo}, {hi}], got min={float(t.min()):.4g} max={float(t.max()):.4g}")
-        return t
+            except RuntimeError as exc:
+                raise ValueError(f"X of shape {tuple(t.shape)} cannot be reshaped to input_shape={self.input_shape}") from exc
+        vr = None if self.value_range is None else tuple(float(v) for v in self.value_range)
+        if vr is None and not t.is_floating_point() and t.dtype != torch.bool:
+            t = t.float()  # non-image data (value_range=None): integers are plain numbers
+        Xt = check_images(t, value_range=vr)
+        prev = self.__dict__.get("n_features_in_")
+        n_features = int(np.prod(Xt.shape[1:]))
+        if prev is not None and prev != n_features:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{prev} features as input (X has shape {tuple(Xt.shape)})")
+        if t.dtype == torch.uint8:
+            return t
+        return Xt.float() if Xt.dtype != torch.float32 else Xt
 
     def get_dataset(self, X, y=None):
         """Validate ``X`` (and ``y``) and wrap them in an :class:`ImageDataset`."""
@@ -285,23 +280,92 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             if len(X) == 0:
                 raise ValueError("X is an empty Dataset")
             return _IndexedDataset(X)
-        Xt = self._check_X(X)
+        cached = self.__dict__.pop("_checked_X", None)
+        Xt = cached[1] if cached is not None and cached[0] is X else self._check_X(X)
         yt = None
         if y is not None:
             yt = check_labels(y, len(Xt))
         return ImageDataset(Xt, yt)
 
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        # Validate before any callback touches the data (skorch notifies callbacks of
+        # on_train_begin before fit_loop calls check_data).
+        self.check_data(X, y)
+        super().on_train_begin(net, X=X, y=y, **kwargs)
+
     def check_data(self, X, y):
         if y is None and not isinstance(X, Dataset):
-            raise ValueError("y is required to fit a classifier (or pass a Dataset of (x, y) items)")
+            raise ValueError("this classifier requires y to be passed, but the target y is None "
+                             "(or pass a Dataset of (x, y) items)")
+        n = None
+        if not isinstance(X, Dataset):
+            cached = self.__dict__.get("_checked_X")
+            Xt = cached[1] if cached is not None and cached[0] is X else self._check_X(X)
+            self.__dict__["_checked_X"] = (X, Xt)  # validated once; get_dataset reuses it
+            n = len(Xt)
+        elif hasattr(X, "__len__"):
+            n = len(X)
         if y is not None:
-            n = len(X) if hasattr(X, "__len__") else None
-            check_labels(y, n)
-        super().check_data(X, y)
-        classes = np.asarray(self.classes_)
-        if classes.dtype.kind not in "iu":
-            raise ValueError(f"class labels must be integers, got {classes.dtype}")
-        self._classes_t = None
+            yt = check_labels(y, n)
+            self.classes_inferred_ = np.unique(yt.numpy())
+        else:
+            super().check_data(X, y)
+        if not isinstance(X, Dataset):
+            n_features = int(np.prod(Xt.shape[1:]))
+            prev = self.__dict__.get("n_features_in_")
+            if prev is not None and prev != n_features:
+                raise ValueError(f"X has {n_features} features, but {type(self).__name__} is fitted for "
+                                 f"{prev} features")
+            self.n_features_in_ = n_features
+            if self.initialized_ and y is not None and len(self.classes_) < 2 and self.classes is None:
+                raise ValueError(f"Classifier can't train when only one class is present: y has only class "
+                                 f"{self.classes_.tolist()}")
+            self._check_module_outputs(Xt[:1])
+
+    def _check_module_outputs(self, x):
+        """One forward pass on one image: the module must return one logit per class."""
+        if not self.initialized_:
+            return
+        x, _ = self._to_input(x.float() / 255.0 if x.dtype == torch.uint8 else x)
+        from .base import eval_mode
+
+        with torch.no_grad(), eval_mode(self.module_):
+            out = self.module_(x)
+        n_classes = len(self.classes_)
+        if (isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[1] != n_classes
+                and self._can_set_num_classes()):
+            # The user left the module's num_classes at its default: size it from y.
+            self.n_outputs_ = n_classes
+            if self.random_state is not None:
+                torch.manual_seed(int(self.random_state))
+            self._initialize_module(reason=None)
+            self._initialize_criterion(reason=None)
+            self._initialize_optimizer(reason=None)
+            with torch.no_grad(), eval_mode(self.module_):
+                out = self.module_(x)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n_classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the module returns outputs of shape {shape} for one image, but y has "
+                             f"{n_classes} classes: the module must return (N, {n_classes}) logits "
+                             f"(e.g. set module__num_classes={n_classes})")
+
+    def _can_set_num_classes(self) -> bool:
+        """True when ``module`` is a class taking ``num_classes`` that the user did not set."""
+        import inspect
+
+        if "module__num_classes" in self.__dict__ or not inspect.isclass(self.module):
+            return False
+        try:
+            return "num_classes" in inspect.signature(self.module).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            return False
+
+    def get_params_for(self, prefix):
+        params = super().get_params_for(prefix)
+        n_out = self.__dict__.get("n_outputs_")
+        if prefix == "module" and n_out is not None and "num_classes" not in params:
+            params["num_classes"] = n_out
+        return params
 
     def _encode_y(self, y: torch.Tensor) -> torch.Tensor:
         """Map labels to ``0..n_classes-1`` (identity when classes are ``0..K-1``)."""
@@ -416,6 +480,22 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         """Predicted class labels, shape ``(N,)``."""
         proba = self.predict_proba(X)
         return np.asarray(self.classes_)[proba.argmax(axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy on ``(X, y)``; labels unseen in fit raise ``ValueError``."""
+        from sklearn.metrics import accuracy_score
+
+        self.check_is_fitted()
+        yt = check_labels(y)
+        unknown = np.setdiff1d(yt.numpy(), np.asarray(self.classes_))
+        if unknown.size:
+            raise ValueError(f"y contains labels not seen in fit: {unknown.tolist()}")
+        return float(accuracy_score(yt.numpy(), self.predict(X), sample_weight=sample_weight))
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_checked_X", None)
+        return state
 
     def explain(self, X, y=None):
         """Explain the predictions on ``X`` with the estimator's explainer.
