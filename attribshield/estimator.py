@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-import time
 
 import numpy as np
 import torch
@@ -213,10 +212,19 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             raise ValueError(f"refine_fraction must be in (0, 1], got {rf!r}")
         if self.autocast not in _AUTOCAST:
             raise ValueError(f"autocast must be one of None, 'bf16', 'fp16', got {self.autocast!r}")
+        if self.regularizer is not None and self.masker is None:
+            raise ValueError("a regularizer needs a masker to find the spurious regions it penalises: pass "
+                             "masker=LimeMasker(...) (with mask_weight=0 to use the penalty alone)")
         if self.value_range is not None:
             lo, hi = self.value_range
             if not lo < hi:
                 raise ValueError(f"value_range must be (low, high) with low < high, got {self.value_range!r}")
+
+    @property
+    def _default_callbacks(self):
+        from .refinement import Refinement
+
+        return list(super()._default_callbacks) + [("refinement", Refinement())]
 
     # ------------------------------------------------------------------ initialisation
     def initialize(self):
@@ -224,6 +232,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         self._validate_own_params()
         self.__dict__.pop("n_features_in_", None)
         self.__dict__.pop("n_outputs_", None)
+        self.mask_cache_ = None
         if self.random_state is not None:
             torch.manual_seed(int(self.random_state))
         super().initialize()
@@ -338,9 +347,13 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             self.n_outputs_ = n_classes
             if self.random_state is not None:
                 torch.manual_seed(int(self.random_state))
-            self._initialize_module(reason=None)
-            self._initialize_criterion(reason=None)
-            self._initialize_optimizer(reason=None)
+            verbose, self.verbose = self.verbose, 0  # no "re-initializing" chatter for this
+            try:
+                self._initialize_module(reason=None)
+                self._initialize_criterion(reason=None)
+                self._initialize_optimizer(reason=None)
+            finally:
+                self.verbose = verbose
             with torch.no_grad(), eval_mode(self.module_):
                 out = self.module_(x)
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n_classes:
@@ -416,17 +429,25 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     # ------------------------------------------------------------------ training step
     def train_step_single(self, batch, **fit_params):
-        """One training step: adversarial, masked and regularised losses, then backward."""
+        """One training step: the method's loss, then backward.
+
+        ``loss = CE(f(x_adv), y) [mixed with CE(f(x), y) by clean_weight]
+        + mask_weight * CE(f(fill(x, M)), y) + regularizer.penalty(f, x, y, M)``, where
+        ``M`` are the cached spurious segments of the batch's samples (from the last
+        refinement round).  Terms whose component is ``None`` (or whose weight is 0) are
+        skipped, which gives the baselines: clean training, adversarial training,
+        masking only, regularizer only.
+        """
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         X, index = self._to_input(Xi)
         y = self._encode_y(to_tensor(yi, device=self.device).long())
         module = self.module_
-        mask = self._batch_mask(index, X) if self.masker_ is not None or self.regularizer_ is not None else None
+        sel = self._batch_selection(index)
 
         terms = {}
         if self.attacker_ is not None:
-            X_adv = self._perturb(module, X, y, mask)
+            X_adv = self._perturb(module, X, y, sel)
             with self._autocast():
                 y_pred = module(X_adv).float()
             loss = self.criterion_(y_pred, y)
@@ -442,38 +463,49 @@ class RobustAttributionClassifier(NeuralNetClassifier):
                 y_pred = module(X, **fit_params).float()
             loss = self.criterion_(y_pred, y)
 
-        if mask is not None and self.masker_ is not None and self.mask_weight > 0:
-            X_masked = self.masker_.apply_mask(X, mask)
-            with self._autocast():
-                logits_masked = module(X_masked).float()
-            loss_masked = self.criterion_(logits_masked, y)
-            terms["masked"] = loss_masked.detach()
-            loss = loss + self.mask_weight * loss_masked
-        if mask is not None and self.regularizer_ is not None:
-            pen = self.regularizer_.penalty(module, X, y, mask)
-            terms["penalty"] = pen.detach()
-            loss = loss + pen
+        if sel is not None:
+            segments, selected, has = sel
+            if self.mask_weight > 0:
+                X_masked = self.masker_.apply(X[has], segments[has], selected[has])
+                with self._autocast():
+                    logits_masked = module(X_masked).float()
+                loss_masked = self.criterion_(logits_masked, y[has])
+                terms["masked"] = loss_masked.detach()
+                # averaged over the explained rows, weighted by their share of the batch
+                loss = loss + self.mask_weight * loss_masked * (has.sum() / len(has))
+            if self.regularizer_ is not None:
+                from .maskers import pixel_mask
+
+                pen = self.regularizer_.penalty(module, X[has], y[has], pixel_mask(segments[has], selected[has]))
+                terms["penalty"] = pen.detach()
+                loss = loss + pen * (has.sum() / len(has))
         loss.backward()
         self._record_terms(terms)
         return {"loss": loss, "y_pred": y_pred}
 
-    def _perturb(self, module, X, y, mask):
+    def _batch_selection(self, index):
+        """Cached ``(segments, selected, explained)`` of the batch, or ``None`` if none apply."""
+        cache = getattr(self, "mask_cache_", None)
+        if cache is None or index is None or self.masker_ is None:
+            return None
+        segments, selected, has = cache.batch(index, self.device)
+        if not bool(has.any()):
+            return None
+        return segments, selected, has
+
+    def _perturb(self, module, X, y, sel):
         kwargs = {}
-        if mask is not None and "mask" in _perturb_params(self.attacker_):
-            kwargs["mask"] = mask
+        if sel is not None and "mask" in _perturb_params(self.attacker_):
+            from .maskers import pixel_mask
+
+            segments, selected, has = sel
+            kwargs["mask"] = pixel_mask(segments, selected & has[:, None]).to(X.dtype)
         return self.attacker_.perturb(module, X, y, **kwargs)
 
     def _record_terms(self, terms):
         """Record each loss term of the batch in the history (``<term>_loss`` keys)."""
         for key, val in terms.items():
             self.history.record_batch(f"{key}_loss", float(val))
-
-    def _batch_mask(self, index, X):
-        """The cached spurious-pixel mask ``(B, 1, H, W)`` for these samples, or ``None``."""
-        state = getattr(self, "refinement_", None)
-        if state is None or index is None:
-            return None
-        return state.pixel_mask(index, X)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, X):

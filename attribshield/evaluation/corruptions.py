@@ -1,0 +1,125 @@
+"""Accuracy under common corruptions (CIFAR-10-C): a (corruption x severity) table."""
+from __future__ import annotations
+
+import hashlib
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+
+from .._validation import check_labels
+from ..base import get_module
+from .robust import clean_accuracy
+from ._utils import check_batch_size
+
+__all__ = ["corruption_accuracy"]
+
+
+def _default_corruptions():
+    from ..data.cifar10c import CORRUPTIONS
+
+    return tuple(CORRUPTIONS)
+
+
+def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), random_state=0, *,
+                        batch_size=256):
+    """Accuracy on corrupted copies of ``X`` for every (corruption, severity) pair.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or fitted RobustAttributionClassifier
+    X : array-like of shape (N, 3, H, W), or mapping
+        Clean images in [0, 1], corrupted on the fly with
+        :func:`attribshield.data.cifar10c.corrupt`; or precomputed corrupted images as a
+        mapping ``{(name, severity): array (N, 3, H, W)}`` (what
+        :func:`attribshield.data.cifar10c.load_cifar10c` returns), in which case only the
+        requested pairs are read.
+    y : array-like of shape (N,)
+        Labels (shared by every block).
+    corruptions : sequence of str or None, default=None
+        ``None``: the 15 benchmark corruptions (:data:`attribshield.data.cifar10c.CORRUPTIONS`);
+        with a mapping ``X``, ``None`` means every corruption present in it.
+    severities : iterable of int, default=range(1, 6)
+        Severities 1..5.
+    random_state : int or None, default=0
+        Seed of the random corruptions; each (corruption, severity) pair gets its own seed
+        derived from it, so a table entry does not depend on which others were computed.
+    batch_size : int, default=256
+
+    Returns
+    -------
+    result : dict
+        ``table``: ``{name: {severity: accuracy}}``; ``mean``: mean over the whole table
+        (the CIFAR-10-C benchmark number); ``per_corruption``: ``{name: mean over severities}``;
+        ``per_severity``: ``{severity: mean over corruptions}``; ``corruptions`` and
+        ``severities``: the axes, in order.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    >>> X, y = np.random.rand(4, 3, 32, 32).astype("float32"), np.arange(4)
+    >>> res = corruption_accuracy(model, X, y, corruptions=["gaussian_noise"], severities=[1, 5])
+    >>> sorted(res["table"]["gaussian_noise"])
+    [1, 5]
+    """
+    get_module(model)
+    batch_size = check_batch_size(batch_size)
+    sevs = list(severities)
+    if not sevs:
+        raise ValueError("severities must not be empty")
+    for s in sevs:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= 5:
+            raise ValueError(f"severities must be integers in 1..5, got {s!r}")
+    sevs = [int(s) for s in sevs]
+    precomputed = isinstance(X, Mapping)
+    if corruptions is None:
+        if precomputed:
+            corruptions = list(dict.fromkeys(k[0] for k in X))
+        else:
+            corruptions = _default_corruptions()
+    if isinstance(corruptions, str):
+        raise ValueError(f"corruptions must be a sequence of names, got the string {corruptions!r}")
+    corruptions = list(corruptions)
+    if not corruptions:
+        raise ValueError("corruptions must not be empty")
+    if precomputed:
+        missing = [(c, s) for c in corruptions for s in sevs if (c, s) not in X]
+        if missing:
+            raise ValueError(f"precomputed data lacks {len(missing)} (corruption, severity) pairs, "
+                             f"e.g. {missing[:3]}")
+        n = len(next(iter(X.values())))
+        y = check_labels(y, n)
+    else:
+        from ..data.cifar10c import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+
+        known = set(CORRUPTIONS) | set(EXTRA_CORRUPTIONS)
+        unknown = [c for c in corruptions if c not in known]
+        if unknown:
+            raise ValueError(f"unknown corruptions {unknown}; known: {sorted(known)}")
+        y = check_labels(y, len(X))
+        X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
+    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
+        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    table = {}
+    for name in corruptions:
+        table[name] = {}
+        for s in sevs:
+            if precomputed:
+                Xc = X[name, s]
+            else:
+                # one independent stream per (corruption, severity), stable under subsetting
+                seed = None if random_state is None else int(
+                    np.random.SeedSequence([int(random_state), _name_key(name), s]).generate_state(1)[0])
+                Xc = corrupt(X, name, s, random_state=seed)
+            table[name][s] = clean_accuracy(model, Xc, y, batch_size=batch_size)
+    per_corruption = {c: float(np.mean([table[c][s] for s in sevs])) for c in corruptions}
+    per_severity = {s: float(np.mean([table[c][s] for c in corruptions])) for s in sevs}
+    mean = float(np.mean([table[c][s] for c in corruptions for s in sevs]))
+    return {"table": table, "mean": mean, "per_corruption": per_corruption, "per_severity": per_severity,
+            "corruptions": corruptions, "severities": sevs}
+
+
+def _name_key(name: str) -> int:
+    """A stable integer for a corruption name (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")

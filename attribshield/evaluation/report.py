@@ -1,0 +1,297 @@
+"""Evaluation reports: one results dict -> JSON + Markdown + PNG figures.
+
+:func:`evaluate_model` runs the suite the CLI's ``attribshield evaluate`` exposes and
+:func:`write_report` writes what it returns (or any dict with the same keys).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["evaluate_model", "write_report"]
+
+
+def _jsonable(obj):
+    """Convert numpy/torch values and tuple keys so that ``json.dumps`` accepts the result."""
+    if isinstance(obj, dict):
+        return {(str(k) if not isinstance(k, str) else k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().numpy())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else (None if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return repr(obj)
+
+
+def _fmt(v, digits=4):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def _markdown(results: dict) -> str:
+    lines = ["# attribshield evaluation report", ""]
+    rob = results.get("robustness")
+    if rob:
+        lines += [f"Threat model: {rob['norm']}, eps = {rob['eps']:.6g}; {rob['n_samples']} test points.", "",
+                  "| metric | accuracy |", "|---|---|"]
+        for key, label in (("clean_accuracy", "clean"), ("pgd_accuracy", "PGD (restarts)"),
+                           ("autoattack_accuracy", "AutoAttack (torchattacks)"),
+                           ("square_accuracy", "Square (black-box)"),
+                           ("robust_accuracy", "worst case over attacks")):
+            if rob.get(key) is not None:
+                lines.append(f"| {label} | {_fmt(rob[key])} |")
+        s = rob.get("settings", {})
+        lines += ["", f"PGD: {s.get('pgd_steps')} steps, {s.get('pgd_restarts')} restarts, "
+                      f"step {_fmt(s.get('pgd_step_size'), 6)}; Square: {s.get('square_queries')} queries.", ""]
+        curve = rob.get("eps_curve")
+        if curve:
+            lines += ["| eps | " + " | ".join(f"{e:.4g}" for e in curve["eps"]) + " |",
+                      "|---|" + "---|" * len(curve["eps"]),
+                      "| PGD accuracy | " + " | ".join(_fmt(a) for a in curve["accuracy"]) + " |", ""]
+        gm = rob.get("gradient_masking", {})
+        if gm.get("suspected"):
+            lines += ["**Suspected gradient masking:**", ""] + [f"- {r}" for r in gm["reasons"]] + [""]
+        else:
+            lines += ["No sign of gradient masking in the checks run (black-box vs white-box, "
+                      "monotonicity in eps, accuracy at a very large eps).", ""]
+    cor = results.get("corruptions")
+    if cor:
+        sevs = cor["severities"]
+        lines += ["## Common corruptions", "", f"Mean corruption accuracy: {_fmt(cor['mean'])}", "",
+                  "| corruption | " + " | ".join(f"s{s}" for s in sevs) + " | mean |",
+                  "|---|" + "---|" * (len(sevs) + 1)]
+        for c in cor["corruptions"]:
+            row = cor["table"][c]
+            lines.append(f"| {c} | " + " | ".join(_fmt(row[s]) for s in sevs) + f" | {_fmt(cor['per_corruption'][c])} |")
+        lines.append("")
+    st = results.get("stability")
+    if st:
+        lines += ["## Attribution stability", "",
+                  f"Top-{st['k']} segment intersection: {_fmt(st['mean_topk_intersection'])}; "
+                  f"Spearman of segment weights: {_fmt(st['mean_spearman'])}.", ""]
+    bd = results.get("bounds")
+    if bd:
+        b, d = np.asarray(bd["bound"], float), np.asarray(bd["distortion"], float)
+        fin = np.isfinite(d)
+        lines += ["## Attribution-aware lower bound", "",
+                  f"Norm {bd['norm']}, radius {bd['radius']:.4g}; {len(b)} points.", "",
+                  f"- median bound: {_fmt(float(np.median(b)), 5)}",
+                  f"- median distortion found: {_fmt(float(np.median(d[fin])) if fin.any() else float('nan'), 5)} "
+                  f"({int((~fin).sum())} points without an adversarial example up to eps_max)",
+                  f"- violation rate (bound above the distortion found): {_fmt(bd['violation_rate'])}",
+                  "", "The bound uses sampled Lipschitz constants: it is an estimate, not a certificate.", ""]
+    return "\n".join(lines)
+
+
+def _plot_curve(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rob = results["robustness"]
+    curve = rob["eps_curve"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(curve["eps"], curve["accuracy"], "o-", label="PGD")
+    for key, mk, label in (("autoattack_accuracy", "s", "AutoAttack"), ("square_accuracy", "^", "Square")):
+        if rob.get(key) is not None:
+            ax.plot([rob["eps"]], [rob[key]], mk, label=label)
+    ax.set_xlabel(f"eps ({rob['norm']})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_corruptions(results, path):
+    import matplotlib.pyplot as plt
+
+    cor = results["corruptions"]
+    names = cor["corruptions"]
+    vals = [cor["per_corruption"][c] for c in names]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 1.5), 3.4))
+    ax.bar(range(len(names)), vals)
+    ax.axhline(cor["mean"], color="k", lw=1, ls="--", label=f"mean {cor['mean']:.3f}")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (mean over severities)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_bounds(results, path):
+    import matplotlib.pyplot as plt
+
+    bd = results["bounds"]
+    b, d = np.asarray(bd["bound"], float), np.asarray(bd["distortion"], float)
+    keep = np.isfinite(d) & (b > 0)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(d[keep], b[keep], s=10)
+    hi = max(float(d[keep].max()) if keep.any() else 1.0, float(b.max()) if b.size else 1.0)
+    ax.plot([0, hi], [0, hi], "k--", lw=1, label="bound = distortion")
+    ax.set_xlabel(f"smallest distortion found ({bd['norm']})")
+    ax.set_ylabel("lower bound")
+    ax.set_title(f"violation rate {bd['violation_rate']:.3f}" if bd.get("violation_rate") is not None else "")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results: dict, out_dir) -> dict:
+    """Write ``results`` as ``report.json``, ``report.md`` and PNG figures into ``out_dir``.
+
+    Parameters
+    ----------
+    results : dict
+        Any of the keys ``robustness`` (a :func:`robustness_report` dict), ``corruptions``
+        (a :func:`corruption_accuracy` dict), ``stability`` (an
+        :func:`attribution_stability` dict) and ``bounds`` (``bound``, ``distortion``,
+        ``norm``, ``radius``, ``violation_rate``); other keys are copied into the JSON.
+    out_dir : str or path-like
+        Created if needed.
+
+    Returns
+    -------
+    paths : dict
+        ``{"json": Path, "markdown": Path, "figures": list of Path}``.  Figures:
+        ``accuracy_vs_eps.png`` (with ``robustness``), ``corruptions.png`` (with
+        ``corruptions``), ``bound_vs_distortion.png`` (with ``bounds``).
+    """
+    if not isinstance(results, dict):
+        raise ValueError(f"results must be a dict, got {type(results).__name__}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = dict(results)
+    if isinstance(clean.get("stability"), dict):  # Attribution objects are not JSON
+        clean["stability"] = {k: v for k, v in clean["stability"].items() if k not in ("clean", "adversarial")}
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(_jsonable(clean), indent=2))
+    md_path = out / "report.md"
+    md_path.write_text(_markdown(clean))
+    figures = []
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("Agg")
+    try:
+        for key, fn, name in (("robustness", _plot_curve, "accuracy_vs_eps.png"),
+                              ("corruptions", _plot_corruptions, "corruptions.png"),
+                              ("bounds", _plot_bounds, "bound_vs_distortion.png")):
+            if clean.get(key):
+                fn(clean, out / name)
+                figures.append(out / name)
+    finally:
+        try:
+            matplotlib.use(backend)
+        except Exception:  # pragma: no cover - interactive backends may be unavailable
+            pass
+    return {"json": json_path, "markdown": md_path, "figures": figures}
+
+
+def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=None, out_dir=None,
+                   n_classes=10, steps=50, restarts=5, n_queries=1000, bounds=False, spurious_mask=None,
+                   bound_radius=None, n_bound=64, random_state=0, batch_size=256):
+    """Run the evaluation suite on ``model`` and optionally write the report.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or fitted RobustAttributionClassifier
+    X : array-like of shape (N, C, H, W)
+        Test images in [0, 1].
+    y : array-like of shape (N,)
+    eps : float
+        Radius of the threat model.
+    norm : {"Linf", "L2"}, default="Linf"
+    autoattack : bool, default=False
+        Include torchattacks' AutoAttack (slow).
+    cifar10c : None, True, or mapping, default=None
+        ``True``: corrupt ``X`` on the fly with the 15 CIFAR-10-C corruptions x 5 severities;
+        a mapping ``{(name, severity): array}`` (from
+        :func:`attribshield.data.cifar10c.load_cifar10c`, labels ``y``): use it as is.
+    out_dir : str or path-like, optional
+        Write ``report.json``, ``report.md`` and figures there (:func:`write_report`).
+    n_classes : int, default=10
+    steps, restarts, n_queries
+        PGD steps and restarts, Square queries.
+    bounds : bool, default=False
+        Also estimate the attribution-aware lower bound and the smallest distortion found on
+        the first ``n_bound`` points.  Without ``spurious_mask``, the spurious pixels are the
+        segments whose LIME weight for the true class is <= 0 (DESIGN.md's "irrelevant"
+        criterion), from a 200-sample :class:`~attribshield.explainers.LimeExplainer`.
+    spurious_mask : bool array-like of shape (N, 1, H, W), optional
+    bound_radius : float, optional
+        Ball radius for the bound; default ``4 * eps``.
+    n_bound : int, default=64
+    random_state : int, default=0
+    batch_size : int, default=256
+
+    Returns
+    -------
+    results : dict
+        ``robustness`` (see :func:`robustness_report`), and ``corruptions`` / ``bounds`` when
+        requested; ``paths`` (from :func:`write_report`) when ``out_dir`` is given.
+    """
+    from .._validation import check_images, check_labels
+    from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
+    from .corruptions import corruption_accuracy
+    from .robust import robustness_report
+
+    Xt = check_images(X)
+    yt = check_labels(y, Xt.shape[0])
+    results = {"robustness": robustness_report(model, Xt, yt, eps, norm, steps=steps, restarts=restarts,
+                                               autoattack=autoattack, n_classes=n_classes, n_queries=n_queries,
+                                               random_state=random_state, batch_size=batch_size)}
+    if cifar10c is not None and cifar10c is not False:
+        if cifar10c is True:
+            results["corruptions"] = corruption_accuracy(model, Xt.cpu().numpy(), yt, random_state=random_state,
+                                                         batch_size=batch_size)
+        else:
+            results["corruptions"] = corruption_accuracy(model, cifar10c, y, batch_size=batch_size)
+    if bounds:
+        Xb, yb = Xt[:n_bound], yt[:n_bound]
+        if spurious_mask is None:
+            from ..base import get_module
+            from ..explainers import LimeExplainer
+
+            module = get_module(model)
+            attr = LimeExplainer(n_samples=200, random_state=random_state).explain(module, Xb, yb)
+            spurious_seg = (attr.weights <= 0) & attr.valid
+            spurious_mask = torch.gather(spurious_seg, 1, attr.segments.flatten(1)).view(
+                Xb.shape[0], 1, *Xb.shape[2:]).cpu()
+        else:
+            spurious_mask = spurious_mask[:n_bound]
+        radius = float(bound_radius) if bound_radius is not None else 4 * float(eps)
+        lb = attribution_lower_bound(model, Xb, yb, spurious_mask, norm=norm, radius=radius,
+                                     random_state=random_state, batch_size=batch_size)
+        md = minimal_adversarial_distortion(model, Xb, yb, norm=norm, eps_max=radius, random_state=random_state,
+                                            batch_size=batch_size)
+        lb["distortion"] = md["distortion"]
+        lb["violation_rate"] = bound_violation_rate(lb["bound"], md["distortion"])
+        results["bounds"] = lb
+    if out_dir is not None:
+        results["paths"] = {k: (str(v) if not isinstance(v, list) else [str(p) for p in v])
+                            for k, v in write_report(results, out_dir).items()}
+    return results

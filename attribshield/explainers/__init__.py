@@ -1,0 +1,21 @@
+"""Explainers: batched LIME, the ``lime`` reference adapter and segmenters."""
+from ._sampling import SAMPLINGS, draw_masks
+from .lime import Attribution, LimeExplainer, fill_segments, lime_kernel, segment_means, weighted_ridge
+from .reference import LimeReferenceExplainer
+from .segmentation import GridSegmenter, QuickshiftSegmenter, SlicSegmenter, default_segmenter
+
+__all__ = [
+    "Attribution",
+    "LimeExplainer",
+    "LimeReferenceExplainer",
+    "GridSegmenter",
+    "SlicSegmenter",
+    "QuickshiftSegmenter",
+    "default_segmenter",
+    "fill_segments",
+    "segment_means",
+    "lime_kernel",
+    "weighted_ridge",
+    "draw_masks",
+    "SAMPLINGS",
+]

@@ -1,0 +1,199 @@
+"""The closed loop: re-explain training images with the current model, cache spurious masks.
+
+:class:`Refinement` is a skorch callback that every ``net.refine_every`` epochs explains a
+rotating share (``net.refine_fraction``) of the training images with the current model,
+asks the masker for their spurious segments and stores them in a :class:`MaskCache` keyed
+by sample index, so shuffling, batching and validation splits stay correct.  The training
+step reads the cache for each batch (``RobustAttributionClassifier.train_step_single``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from skorch.callbacks import Callback
+from torch.utils.data import Subset
+
+__all__ = ["MaskCache", "Refinement"]
+
+
+class MaskCache:
+    """Per-sample segments and spurious-segment selections, kept on the CPU.
+
+    Parameters
+    ----------
+    n_samples : int
+        Size of the (full) training set; indices are dataset positions.
+    height, width : int
+        Image size.
+
+    Attributes
+    ----------
+    segments : torch.Tensor of shape (n_samples, H, W), int16
+    selected : torch.Tensor of shape (n_samples, S_max), bool
+    explained : torch.Tensor of shape (n_samples,), bool
+        Which samples have a selection yet.
+    cursor : int
+        Where the next rotating refinement round starts.
+    rounds : int
+        Completed refinement rounds.
+    """
+
+    def __init__(self, n_samples: int, height: int, width: int):
+        self.segments = torch.zeros((n_samples, height, width), dtype=torch.int16)
+        self.selected = torch.zeros((n_samples, 1), dtype=torch.bool)
+        self.explained = torch.zeros(n_samples, dtype=torch.bool)
+        self.cursor = 0
+        self.rounds = 0
+
+    def __len__(self):
+        return int(self.explained.shape[0])
+
+    def update(self, index: torch.Tensor, segments: torch.Tensor, selected: torch.Tensor) -> None:
+        index = torch.as_tensor(index, dtype=torch.long).cpu()
+        S = selected.shape[1]
+        if S > self.selected.shape[1]:
+            pad = torch.zeros((len(self), S - self.selected.shape[1]), dtype=torch.bool)
+            self.selected = torch.cat([self.selected, pad], dim=1)
+        self.segments[index] = segments.to("cpu", torch.int16)
+        self.selected[index] = False
+        self.selected[index, :S] = selected.cpu()
+        self.explained[index] = True
+
+    def batch(self, index, device):
+        """``(segments (B,H,W) long, selected (B,S) bool, explained (B,) bool)`` on ``device``."""
+        index = torch.as_tensor(index, dtype=torch.long).cpu()
+        return (self.segments[index].to(device, torch.long), self.selected[index].to(device),
+                self.explained[index].to(device))
+
+    def state_dict(self) -> dict:
+        return {"segments": self.segments, "selected": self.selected, "explained": self.explained,
+                "cursor": torch.tensor(self.cursor), "rounds": torch.tensor(self.rounds)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "MaskCache":
+        n, h, w = state["segments"].shape
+        cache = cls(n, h, w)
+        cache.segments = state["segments"].to(torch.int16)
+        cache.selected = state["selected"].bool()
+        cache.explained = state["explained"].bool()
+        cache.cursor = int(state["cursor"])
+        cache.rounds = int(state["rounds"])
+        return cache
+
+    def save(self, path) -> None:
+        torch.save(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path) -> "MaskCache":
+        # weights_only: a cache file holds tensors only, so loading cannot run code
+        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _base_dataset(dataset):
+    """Unwrap ``Subset`` layers: ``(base dataset, positions in it)``."""
+    positions = np.arange(len(dataset))
+    while isinstance(dataset, Subset):
+        positions = np.asarray(dataset.indices)[positions]
+        dataset = dataset.dataset
+    return dataset, positions
+
+
+def _gather(dataset, positions):
+    """Images, labels and dataset indices of ``positions`` (fast path for ImageDataset)."""
+    from .estimator import ImageDataset
+
+    if isinstance(dataset, ImageDataset):
+        idx = torch.as_tensor(positions, dtype=torch.long)
+        X = dataset.X[idx]
+        X = X.float() / 255.0 if X.dtype == torch.uint8 else X
+        return X, dataset.y[idx], idx
+    items = [dataset[int(p)] for p in positions]
+    X = torch.stack([torch.as_tensor(it[0]["X"]) for it in items])
+    y = torch.stack([torch.as_tensor(it[1]) for it in items])
+    idx = torch.stack([torch.as_tensor(it[0]["index"]) for it in items])
+    return X, y, idx
+
+
+class Refinement(Callback):
+    """Re-explain training images every ``net.refine_every`` epochs and cache their masks.
+
+    Active only when the net has a ``masker_``.  The explanation budget per round is
+    ``refine_fraction`` of the training set (rotating, so every image is covered over
+    ``ceil(1 / refine_fraction)`` rounds) times the explainer's ``n_samples``.  Each round
+    records ``refine_dur`` (seconds) and ``refine_n`` (images explained) in the epoch's
+    history row, which skorch's printed table shows.
+
+    Parameters
+    ----------
+    chunk_size : int, default=256
+        Images explained at once (bounds memory).
+    dirname : str or None, default=None
+        When set, the cache is written to ``dirname/mask_cache.pt`` after every round and
+        loaded from there at the start of training if the net has none (pair with
+        ``skorch.callbacks.Checkpoint(dirname=...)`` and ``LoadInitState`` to resume).
+    progress : bool or None, default=None
+        tqdm progress bar over the chunks; ``None``: when the net is verbose.
+    """
+
+    def __init__(self, chunk_size=256, dirname=None, progress=None):
+        self.chunk_size = chunk_size
+        self.dirname = dirname
+        self.progress = progress
+
+    def _path(self):
+        return None if self.dirname is None else os.path.join(self.dirname, "mask_cache.pt")
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        path = self._path()
+        if getattr(net, "mask_cache_", None) is None and path is not None and os.path.exists(path):
+            net.mask_cache_ = MaskCache.load(path)
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        if getattr(net, "masker_", None) is None or dataset_train is None:
+            return
+        epoch = len(net.history)
+        if epoch % net.refine_every != 0:
+            return
+        t0 = time.perf_counter()
+        n = self.refine(net, dataset_train)
+        dur = time.perf_counter() - t0
+        net.history.record("refine_dur", dur)
+        net.history.record("refine_n", n)
+
+    def refine(self, net, dataset_train) -> int:
+        """One refinement round; returns the number of images explained."""
+        base, positions = _base_dataset(dataset_train)
+        n_train = len(positions)
+        cache = getattr(net, "mask_cache_", None)
+        if cache is None or len(cache) != len(base):
+            X0 = _gather(base, positions[:1])[0]
+            cache = MaskCache(len(base), X0.shape[-2], X0.shape[-1])
+        n_round = max(1, int(math.ceil(net.refine_fraction * n_train)))
+        order = (cache.cursor + np.arange(n_round)) % n_train
+        cache.cursor = int((cache.cursor + n_round) % n_train)
+        chunks = range(0, n_round, self.chunk_size)
+        show = net.verbose > 0 if self.progress is None else self.progress
+        if show:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"refine (epoch {len(net.history)})", leave=False,
+                          total=math.ceil(n_round / self.chunk_size))
+        module = net.module_
+        for start in chunks:
+            pos = positions[order[start:start + self.chunk_size]]
+            X, y, idx = _gather(base, pos)
+            X = X.to(net.device)
+            y = net._encode_y(torch.as_tensor(y, device=net.device).long())
+            sel = net.masker_.find_spurious(module, X, y, net.explainer_, attacker=net.attacker_)
+            cache.update(idx, sel.segments, sel.selected)
+        cache.rounds += 1
+        net.mask_cache_ = cache
+        path = self._path()
+        if path is not None:
+            os.makedirs(self.dirname, exist_ok=True)
+            cache.save(path)
+        return n_round

@@ -1,0 +1,228 @@
+"""Explanation throughput: ``lime`` vs captum's ``Lime`` vs attribshield's ``LimeExplainer``.
+
+Same model, same real CIFAR-10 test images, same 4x4 grid segments (16), CPU.  Rows:
+
+* ``lime`` (the package, ``LimeImageExplainer``) with its default ``batch_size=10`` and with
+  ``batch_size=256``, at 1,000 and 200 samples;
+* captum's ``Lime`` (``perturbations_per_eval=256``; a benchmark-only dependency, skipped if
+  not installed);
+* ours (``LimeExplainer``, batch 256) at 1,000 and 200 samples: fp32, channels_last,
+  channels_last + bf16 autocast; and at the sample count where each of our designs matches
+  ``lime``'s fidelity at 1,000 samples (read from ``runs/benchmarks/lime_fidelity.json``,
+  written by ``benchmarks/lime_fidelity.py``);
+* the bare forward passes over the same number of perturbed images (the floor), giving the
+  share of our time spent in forward passes;
+* the effect of bf16 on the weights (Spearman against fp32 with the same masks);
+* peak memory (max RSS of a fresh process) while explaining 1,000 images x 1,000 samples
+  (``--memory``; a cheap model so that it finishes in about a minute: the explainer's own
+  buffers are what chunking bounds).
+
+Usage::
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456 \\
+    .venv/bin/python benchmarks/explain_throughput.py [--models smallcnn,resnet18] [--images 4]
+
+Prints a table and writes ``runs/benchmarks/explain_throughput.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from attribshield.explainers import GridSegmenter, LimeExplainer, LimeReferenceExplainer  # noqa: E402
+from lime_fidelity import load_cifar, spearman, trained_small_cnn, tune_allocator  # noqa: E402
+
+
+def timed(fn, repeats=1):
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bare_forward(model, X, n_samples, batch_size=256, channels_last=False, bf16=False):
+    """Seconds for the forward passes alone over ``len(X) * n_samples`` images."""
+    total = len(X) * n_samples
+    xb = X.repeat_interleave((batch_size + len(X) - 1) // len(X), 0)[:batch_size]
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, total, batch_size):
+            b = xb[: min(batch_size, total - start)]
+            if bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    model(b)
+            else:
+                model(b)
+    return time.perf_counter() - t0
+
+
+def captum_time(model, X, seg, target, n_samples):
+    try:
+        from captum.attr import Lime
+    except Exception:
+        return None
+    lime = Lime(model)
+    t0 = time.perf_counter()
+    for i in range(len(X)):
+        lime.attribute(
+            X[i : i + 1], target=int(target[i]), feature_mask=seg[i : i + 1, None].expand(1, 3, 32, 32),
+            n_samples=n_samples, perturbations_per_eval=256,
+        )
+    return time.perf_counter() - t0
+
+
+def equal_fidelity_sizes():
+    """Smallest sample count per design whose fidelity reaches lime's at 1,000 samples
+    (linear interpolation of the measured curve)."""
+    path = REPO / "runs" / "benchmarks" / "lime_fidelity.json"
+    if not path.exists():
+        return {}
+    res = json.loads(path.read_text())["results"]
+    goal = res["lime (iid)"]["1000"]
+    sizes = {}
+    for name, row in res.items():
+        pts = sorted((int(n), v) for n, v in row.items())
+        need = None
+        for (n0, v0), (n1, v1) in zip(pts, pts[1:]):
+            if v0 >= goal:
+                need = n0
+                break
+            if v1 >= goal:
+                need = int(round(n0 + (goal - v0) / (v1 - v0) * (n1 - n0)))
+                break
+        sizes[name] = need
+    return sizes
+
+
+_DESIGN_KW = {
+    "lime (iid)": dict(sampling="lime"),
+    "antithetic": dict(sampling="antithetic"),
+    "foldover": dict(sampling="foldover"),
+    "lime + logit CV": dict(sampling="lime", control_variate="logit"),
+    "foldover + logit CV": dict(sampling="foldover", control_variate="logit"),
+}
+
+
+def bench_model(name, model, X, n_lime_images, rows, extra):
+    seg = GridSegmenter().segment(X)
+    with torch.no_grad():
+        target = model(X).argmax(1)
+    n = len(X)
+    Xl = X[:n_lime_images]
+    for P in (1000, 200):
+        for bs in (10, 256):
+            ref = LimeReferenceExplainer(n_samples=P, batch_size=bs, random_state=0)
+            t, _ = timed(lambda: ref.explain(model, Xl, target[:n_lime_images], segments=seg[:n_lime_images]))
+            rows.append((name, f"lime, batch_size={bs}", P, n_lime_images / t))
+        t = captum_time(model, Xl, seg[:n_lime_images], target[:n_lime_images], P)
+        if t is not None:
+            rows.append((name, "captum Lime, perturbations_per_eval=256", P, n_lime_images / t))
+        for label, kw in [
+            ("ours fp32", {}),
+            ("ours channels_last", dict(channels_last=True)),
+            ("ours channels_last+bf16", dict(channels_last=True, autocast="bf16")),
+        ]:
+            ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, **kw)
+            t, attr = timed(lambda: ex.explain(model, X, target, segments=seg))
+            t_fwd = bare_forward(model, X, P, channels_last=kw.get("channels_last", False), bf16="autocast" in kw)
+            rows.append((name, label, P, n / t, t_fwd / t))
+            extra.setdefault(name, {})[f"{label} P={P}"] = dict(images_per_s=n / t, forward_share=t_fwd / t)
+            if label == "ours fp32":
+                w32 = attr.weights
+            if label == "ours channels_last+bf16":
+                rho = spearman(attr.weights, w32)
+                extra[name][f"bf16 vs fp32 spearman P={P}"] = dict(median=float(rho.median()), min=float(rho.min()))
+    # at lime's 1000-sample fidelity
+    for design, P in equal_fidelity_sizes().items():
+        if P is None:
+            continue
+        ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, channels_last=True, autocast="bf16", **_DESIGN_KW[design])
+        t, _ = timed(lambda: ex.explain(model, X, target, segments=seg))
+        rows.append((name, f"ours {design}, channels_last+bf16 (= lime@1000 fidelity)", P, n / t))
+
+
+def memory_child(n_images, n_samples):
+    """Runs in a fresh process: explain n_images x n_samples with a cheap model, print max RSS."""
+    torch.set_num_threads(2)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4),
+        torch.nn.Flatten(), torch.nn.Linear(64, 10),
+    )
+    X = torch.rand(n_images, 3, 32, 32)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    LimeExplainer(n_samples=n_samples, batch_size=1024, random_state=0).explain(model, X)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(dict(base_mib=base / 1024, peak_mib=peak / 1024, seconds=dt)))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="smallcnn,resnet18")
+    ap.add_argument("--images", type=int, default=8, help="images for our explainer and the forward floor")
+    ap.add_argument("--lime-images", type=int, default=2, help="images for lime and captum (slow)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory at 1000 x 1000")
+    ap.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    tune_allocator()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        return memory_child(*args.memory_child)
+    X, _ = load_cifar("test", args.images)
+    rows, extra = [], {}
+    for name in args.models.split(","):
+        if name == "smallcnn":
+            model, acc = trained_small_cnn()
+            extra["smallcnn_test_accuracy"] = acc
+        else:
+            from attribshield.models import PreActResNet18
+
+            torch.manual_seed(0)
+            model = PreActResNet18(num_classes=10).eval()  # untrained: timing only
+        bench_model(name, model, X, min(args.lime_images, args.images), rows, extra)
+    if args.memory:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", "1000", "1000", "--threads", str(args.threads)],
+            check=True, capture_output=True, text=True,
+        )
+        extra["memory_1000x1000"] = json.loads(out.stdout.strip().splitlines()[-1])
+    lime_ips = {(r[0], r[2]): r[3] for r in rows if r[1] == "lime, batch_size=10"}
+    print("| model | explainer | samples | images/s | vs lime (bs 10, 1000 samples) | forward share |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r[3] / lime_ips[(r[0], 1000)]
+        share = f"{r[4]:.0%}" if len(r) > 4 else ""
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {ratio:.1f}x | {share} |")
+    for k, v in extra.items():
+        if "spearman" in json.dumps(v) or k.startswith("memory") or k.endswith("accuracy"):
+            print(k, json.dumps({kk: vv for kk, vv in v.items() if "spearman" in kk} if isinstance(v, dict) and k != "memory_1000x1000" else v))
+    out_dir = REPO / "runs" / "benchmarks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "explain_throughput.json").write_text(
+        json.dumps(dict(rows=[list(r) for r in rows], extra=extra, images=args.images,
+                        lime_images=args.lime_images, threads=args.threads, torch=torch.__version__), indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
