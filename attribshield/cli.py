@@ -1,10 +1,47 @@
-"""Command line: ``attribshield demo | train | evaluate | explain``."""
+"""Command line: ``attribshield demo | train | evaluate | explain``.
+
+    attribshield demo                                  # digits, no data needed
+    attribshield train --config run.toml --out runs/full       # resumable; checkpoints per epoch
+    attribshield evaluate --model runs/full --cifar10c --autoattack --out runs/full/eval
+    attribshield explain cat.png --model runs/full --out overlay.png
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 from ._runtime import tune_allocator
+
+CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
+
+
+def _config_from_args(args):
+    from .presets import TrainConfig
+
+    cfg = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in vars(args).items()
+                 if k in TrainConfig.__dataclass_fields__ and v is not None}
+    return TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+
+
+def _load_run(model_dir):
+    """Rebuild a trained estimator from a ``train`` output folder."""
+    from .presets import TrainConfig, build_estimator
+
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {model_dir} holds no config.json: is it an 'attribshield train' output folder?")
+    with open(path) as f:
+        saved = json.load(f)
+    cfg = TrainConfig.from_dict(saved["config"])
+    clf = build_estimator(cfg, n_classes=saved["n_classes"], verbose=0)
+    clf.initialize()
+    # weights_only loading: a checkpoint from elsewhere cannot run code when loaded
+    clf.load_params(f_params=os.path.join(model_dir, "params.pt"))
+    clf.classes_inferred_ = list(range(saved["n_classes"]))
+    return clf, cfg, saved["n_classes"]
 
 
 def _cmd_demo(args):
@@ -14,20 +51,163 @@ def _cmd_demo(args):
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="attribshield", description=__doc__)
+def _cmd_train(args):
+    from skorch.callbacks import Checkpoint, LoadInitState, ProgressBar
+
+    from .presets import build_estimator, load_dataset
+
+    cfg = _config_from_args(args)
+    os.makedirs(args.out, exist_ok=True)
+    X, y, n_classes = load_dataset(cfg, train=True)
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        json.dump({"config": cfg.to_dict(), "n_classes": n_classes}, f, indent=2)
+    cp = Checkpoint(dirname=args.out, monitor=None, **CKPT)
+    callbacks = [cp]
+    if args.progress or (args.progress is None and sys.stdout.isatty()):
+        callbacks.append(ProgressBar())
+    clf = build_estimator(cfg, n_classes=n_classes, callbacks=callbacks,
+                          callbacks__refinement__dirname=args.out, verbose=1)
+    clf.initialize()
+    done = 0
+    if os.path.exists(os.path.join(args.out, CKPT["f_params"])) and not args.restart:
+        clf.load_params(checkpoint=cp)
+        done = len(clf.history)
+        print(f"resuming {args.out} after epoch {done}")
+    remaining = cfg.epochs - done
+    if remaining <= 0:
+        print(f"{args.out}: all {cfg.epochs} epochs are done")
+        return 0
+    clf.set_params(max_epochs=remaining)
+    clf.partial_fit(X, y)
+    print(f"trained {cfg.method} for {len(clf.history)} epochs: {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args):
+    from .evaluation import evaluate_model
+    from .presets import load_dataset
+
+    clf, cfg, n_classes = _load_run(args.model)
+    if args.dataset:
+        cfg.dataset = args.dataset
+    if args.data_root:
+        cfg.data_root = args.data_root
+    X, y, _ = load_dataset(cfg, train=False)
+    X, y = X[: args.n_test], y[: args.n_test]
+    X = X.astype("float32") / 255.0 if X.dtype.kind == "u" else X
+    eps = args.eps if args.eps is not None else cfg.eps
+    out = args.out or os.path.join(args.model, "eval")
+    res = evaluate_model(clf.module_, X, y, eps=eps, norm=args.norm, autoattack=args.autoattack,
+                         cifar10c=True if args.cifar10c else None, out_dir=out, n_classes=n_classes,
+                         bounds=args.bounds, steps=args.steps, restarts=args.restarts,
+                         n_queries=args.square_queries)
+    summary = {}
+    for section in res.values():
+        if isinstance(section, dict):
+            summary.update({k: v for k, v in section.items() if isinstance(v, (int, float, str)) and v is not None})
+    print(json.dumps(summary, indent=2))
+    print(f"report: {out}/report.md")
+    return 0
+
+
+def _cmd_explain(args):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .explainers import LimeExplainer
+
+    clf, cfg, _ = _load_run(args.model)
+    in_ch = getattr(clf.module_, "in_channels", 3)
+    size = 8 if cfg.dataset == "digits" else 32
+    images = []
+    for path in args.images:
+        img = Image.open(path).convert("L" if in_ch == 1 else "RGB").resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    X = torch.as_tensor(np.stack(images))
+    target = None if args.label is None else torch.full((len(X),), args.label)
+    att = LimeExplainer(n_samples=args.samples, random_state=0).explain(clf.module_, X, target)
+    fig = att.plot(X, k=args.top_k)
+    fig.savefig(args.out, dpi=150, bbox_inches="tight")
+    pred = clf.module_(X).argmax(1).tolist()
+    print(f"predicted classes {pred}; explanation written to {args.out}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="attribshield", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("demo", help="clean vs FGSM-RS vs the full method on digits (no data needed)")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--eps", type=float, default=0.1, help="Linf radius (default: 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
-    args = parser.parse_args(argv)
-    tune_allocator()
-    import torch
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 16)))
-    return args.func(args)
+    p = sub.add_parser("train", help="train one method; resumable (checkpoints after every epoch)")
+    p.add_argument("--config", help="TOML file with a [train] table (keys: see attribshield.presets.TrainConfig)")
+    p.add_argument("--out", required=True, help="run folder: config.json, params.pt, history.json, mask_cache.pt")
+    p.add_argument("--dataset", choices=["digits", "cifar10", "cifar100"])
+    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--model", choices=["digitsnet", "smallcnn", "preactresnet18"])
+    p.add_argument("--method", choices=["clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--eps", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--top-k", dest="top_k", type=int)
+    p.add_argument("--reg-weight", dest="reg_weight", type=float)
+    p.add_argument("--mask-weight", dest="mask_weight", type=float)
+    p.add_argument("--lime-samples", dest="lime_samples", type=int)
+    p.add_argument("--refine-every", dest="refine_every", type=int)
+    p.add_argument("--refine-fraction", dest="refine_fraction", type=float)
+    p.add_argument("--train-subset", dest="train_subset", type=int)
+    p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True)
+    p.add_argument("--bf16", action="store_const", const=True)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-batch progress bar (default: when stdout is a terminal)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="clean, PGD, Square (+AutoAttack, CIFAR-10-C, bounds) report")
+    p.add_argument("--model", required=True, help="a 'train' output folder")
+    p.add_argument("--dataset", choices=["digits", "cifar10", "cifar100"])
+    p.add_argument("--data-root", dest="data_root")
+    p.add_argument("--n-test", dest="n_test", type=int, default=1000)
+    p.add_argument("--eps", type=float, default=None, help="default: the training eps")
+    p.add_argument("--norm", choices=["Linf", "L2"], default="Linf")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--square-queries", dest="square_queries", type=int, default=1000)
+    p.add_argument("--cifar10c", action="store_true", help="also the 15 corruptions x 5 severities")
+    p.add_argument("--autoattack", action="store_true", help="also torchattacks' AutoAttack (slow)")
+    p.add_argument("--bounds", action="store_true", help="also the lower bound and its violation rate")
+    p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("explain", help="LIME overlay of image files under a trained model")
+    p.add_argument("images", nargs="+", help="image files (resized to the model's input size)")
+    p.add_argument("--model", required=True, help="a 'train' output folder")
+    p.add_argument("--out", default="overlay.png")
+    p.add_argument("--samples", type=int, default=1000, help="LIME samples per image (default 1000)")
+    p.add_argument("--top-k", dest="top_k", type=int, default=3)
+    p.add_argument("--label", type=int, default=None, help="class to explain (default: the prediction)")
+    p.set_defaults(func=_cmd_explain)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    tune_allocator()
+    try:
+        return args.func(args)
+    except ValueError as exc:  # bad configuration or data: a clear message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -137,12 +137,16 @@ class Refinement(Callback):
         ``skorch.callbacks.Checkpoint(dirname=...)`` and ``LoadInitState`` to resume).
     progress : bool or None, default=None
         tqdm progress bar over the chunks; ``None``: when the net is verbose.
+    max_rounds : int or None, default=None
+        Stop refining after this many rounds; ``max_rounds=1`` with ``refine_fraction=1``
+        computes the masks once and keeps them (the "no closed loop" ablation).
     """
 
-    def __init__(self, chunk_size=256, dirname=None, progress=None):
+    def __init__(self, chunk_size=256, dirname=None, progress=None, max_rounds=None):
         self.chunk_size = chunk_size
         self.dirname = dirname
         self.progress = progress
+        self.max_rounds = max_rounds
 
     def _path(self):
         return None if self.dirname is None else os.path.join(self.dirname, "mask_cache.pt")
@@ -157,6 +161,9 @@ class Refinement(Callback):
             return
         epoch = len(net.history)
         if epoch % net.refine_every != 0:
+            return
+        cache = getattr(net, "mask_cache_", None)
+        if self.max_rounds is not None and cache is not None and cache.rounds >= self.max_rounds:
             return
         t0 = time.perf_counter()
         n = self.refine(net, dataset_train)

@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ATTRIBSHIELD_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("ATTRIBSHIELD_CACHE", REPO / ".cache"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models run fastest single-threaded; on a shared 2-core machine two threads per test
+# process thrash (measured 30x slower under load). Benchmarks choose their own thread counts.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

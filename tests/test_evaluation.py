@@ -494,6 +494,8 @@ def test_our_pgd_matches_torchattacks_pgd_on_cifar10(_trained_smallcnn, eps):
     with torch.no_grad():
         theirs = (correct & (model(X_adv).argmax(1) == y)).numpy()
     clean = float(correct.float().mean())
+    print(f"eps={eps:.5f}: clean {clean:.4f}, ours {ours.mean():.4f}, torchattacks {theirs.mean():.4f}, "
+          f"{int((ours != theirs).sum())} points differ")
     assert clean > 0.35, f"the briefly trained model should beat chance clearly (clean accuracy {clean:.3f})"
     assert 0.02 < ours.mean() < clean, "the radius should make the comparison non-trivial"
     assert abs(ours.mean() - theirs.mean()) <= 0.005 + 1e-9, (ours.mean(), theirs.mean())

@@ -1,0 +1,338 @@
+"""Checkpoints that cannot run code when loaded, written atomically, resumable after a crash.
+
+A checkpoint is a folder ``dirname/epoch_NNNN/`` holding
+
+- ``params.pt`` (or ``params.safetensors``): the module's ``state_dict``;
+- ``optimizer.pt`` and, when the criterion has state, ``criterion.pt``;
+- ``history.json``: skorch's history (JSON);
+- ``mask_cache.pt``: the refinement loop's :class:`~attribshield.refinement.MaskCache`
+  (tensors only), when the net has one;
+- ``meta.json``: epoch, classes and input size (JSON).
+
+Every ``.pt`` file is read with ``torch.load(weights_only=True)`` whatever the net's
+``torch_load_kwargs`` say: the restricted unpickler accepts tensors, containers and numbers and
+refuses any other global, so a tampered file raises ``pickle.UnpicklingError`` instead of
+executing code.  JSON files are parsed, never evaluated.
+
+A checkpoint is first written to a hidden temporary folder and then renamed into place, and
+``dirname/latest`` is replaced atomically afterwards, so a process killed at any moment leaves
+either the previous or the new checkpoint, never a half-written one.
+
+Use :class:`SafeCheckpoint` as a skorch callback (with skorch's ``LoadInitState`` to resume),
+or call :func:`save_checkpoint` / :func:`load_checkpoint` directly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+from skorch.callbacks import Checkpoint
+from skorch.utils import noop
+
+from .refinement import MaskCache
+
+__all__ = ["SafeCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+
+FORMAT_VERSION = 1
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+_SAFE_LOAD = {"weights_only": True}
+
+
+def _is_main_process(net) -> bool:
+    acc = getattr(net, "accelerator", None)
+    return True if acc is None else bool(getattr(acc, "is_main_process", True))
+
+
+def _jsonable(values):
+    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(values).tolist()]
+
+
+def _write_text_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(dirname) -> str | None:
+    """Folder of the newest complete checkpoint under ``dirname``, or ``None``.
+
+    Follows ``dirname/latest``; when that file is missing or stale, falls back to the
+    ``epoch_NNNN`` folder with the highest epoch that has a ``meta.json``.
+    """
+    dirname = os.fspath(dirname)
+    if not os.path.isdir(dirname):
+        return None
+    pointer = os.path.join(dirname, "latest")
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            name = f.read().strip()
+        if _EPOCH_DIR.match(name) and os.path.isfile(os.path.join(dirname, name, "meta.json")):
+            return os.path.join(dirname, name)
+    found = sorted((int(m.group(1)), n) for n in os.listdir(dirname) if (m := _EPOCH_DIR.match(n))
+                   and os.path.isfile(os.path.join(dirname, n, "meta.json")))
+    return os.path.join(dirname, found[-1][1]) if found else None
+
+
+def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
+    """Save ``net``'s state as ``dirname/epoch_NNNN`` (NNNN = epochs trained) atomically.
+
+    Parameters
+    ----------
+    net : RobustAttributionClassifier
+        An initialised (usually fitted) estimator; any skorch net works (without a mask cache).
+    dirname : str or path-like
+        Checkpoint root; created if needed.  One writing process per ``dirname``.
+    use_safetensors : bool, default=False
+        Store the module's parameters with safetensors (``params.safetensors``) instead of
+        ``torch.save``.  The optimizer state always uses ``torch.save`` (safetensors cannot
+        hold it); both are loaded without running code.
+    keep : int or None, default=2
+        Number of newest checkpoints kept; older ones are deleted.  ``None`` keeps all.
+
+    Returns
+    -------
+    path : str
+        The checkpoint folder.
+
+    Notes
+    -----
+    With :class:`~attribshield.accelerate.AcceleratedRobustAttributionClassifier` every
+    process must call this (``save_params`` synchronises); only the main process writes.
+    """
+    if not getattr(net, "initialized_", False):
+        raise ValueError("cannot save a checkpoint of an uninitialised net: fit or initialize it first")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
+    dirname = os.fspath(dirname)
+    epoch = len(net.history)
+    name = f"epoch_{epoch:04d}"
+    final = os.path.join(dirname, name)
+    tmp = os.path.join(dirname, f".tmp-{name}-{os.getpid()}")
+    main = _is_main_process(net)
+    if main:
+        os.makedirs(dirname, exist_ok=True)
+        for stale in os.listdir(dirname):  # left behind by a process killed while saving
+            if stale.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(dirname, stale), ignore_errors=True)
+        os.makedirs(tmp)
+    f_params = os.path.join(tmp, "params.safetensors" if use_safetensors else "params.pt")
+    files = {"f_optimizer": os.path.join(tmp, "optimizer.pt"), "f_history": os.path.join(tmp, "history.json")}
+    criterion = getattr(net, "criterion_", None)
+    if criterion is not None and hasattr(criterion, "state_dict") and criterion.state_dict():
+        files["f_criterion"] = os.path.join(tmp, "criterion.pt")
+    # every process calls save_params (accelerate synchronises there); the main one writes
+    if use_safetensors:
+        net.save_params(f_params=f_params, use_safetensors=True)
+        net.save_params(**files)
+    else:
+        net.save_params(f_params=f_params, **files)
+    if not main:
+        return final
+    cache = getattr(net, "mask_cache_", None)
+    if isinstance(cache, MaskCache):
+        cache.save(os.path.join(tmp, "mask_cache.pt"))
+    classes = getattr(net, "classes_", None) if epoch else None
+    meta = {
+        "format": FORMAT_VERSION,
+        "estimator": type(net).__name__,
+        "epoch": epoch,
+        "params": os.path.basename(f_params),
+        "classes": None if classes is None else _jsonable(classes),
+        "n_features_in": net.__dict__.get("n_features_in_"),
+        "n_outputs": net.__dict__.get("n_outputs_"),
+    }
+    with open(os.path.join(tmp, "meta.json"), "w") as f:  # written last: marks the folder complete
+        json.dump(meta, f)
+    if os.path.exists(final):  # saving the same epoch again (e.g. after load_checkpoint)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_text_atomic(os.path.join(dirname, "latest"), name)
+    if keep is not None:
+        done = sorted((int(m.group(1)), n) for n in os.listdir(dirname) if (m := _EPOCH_DIR.match(n)))
+        for _, old in done[:-keep]:
+            if old != name:
+                shutil.rmtree(os.path.join(dirname, old), ignore_errors=True)
+    return final
+
+
+def _read_meta(path) -> dict:
+    with open(os.path.join(path, "meta.json")) as f:
+        meta = json.load(f)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not an attribshield checkpoint of format {FORMAT_VERSION}")
+    params = meta.get("params")
+    if params not in ("params.pt", "params.safetensors"):
+        raise ValueError(f"{path}/meta.json names an unexpected parameter file {params!r}")
+    return meta
+
+
+def load_checkpoint(net, dirname):
+    """Restore ``net`` from the newest checkpoint under ``dirname`` (or a checkpoint folder).
+
+    Parameters, optimizer and criterion state, history, mask cache, classes and input size
+    are restored; continue training with ``net.partial_fit(X, y)`` (``fit`` would start
+    over unless ``warm_start=True``).
+
+    Parameters
+    ----------
+    net : RobustAttributionClassifier
+        Constructed like the saved one; initialised here if needed.
+    dirname : str or path-like
+        A checkpoint root (the newest complete checkpoint is used) or one ``epoch_NNNN``
+        folder.
+
+    Returns
+    -------
+    net : the same estimator, restored.
+
+    Raises
+    ------
+    FileNotFoundError
+        No checkpoint under ``dirname``.
+    pickle.UnpicklingError
+        A ``.pt`` file holds anything but tensors and plain containers (a tampered file);
+        nothing in it is executed.
+    ValueError
+        ``meta.json`` is not an attribshield checkpoint.
+    """
+    dirname = os.fspath(dirname)
+    path = dirname if os.path.isfile(os.path.join(dirname, "meta.json")) else latest_checkpoint(dirname)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint under {dirname!r}")
+    meta = _read_meta(path)
+    if not net.initialized_:
+        net.initialize()
+    n_out = meta.get("n_outputs")
+    if n_out is not None and net.__dict__.get("n_outputs_") != n_out:
+        _resize_module(net, int(n_out))
+    previous = net.torch_load_kwargs
+    net.torch_load_kwargs = dict(_SAFE_LOAD)  # whatever the net says: never unpickle code
+    try:
+        use_st = meta["params"] == "params.safetensors"
+        files = {"f_optimizer": os.path.join(path, "optimizer.pt")}
+        if os.path.isfile(os.path.join(path, "criterion.pt")):
+            files["f_criterion"] = os.path.join(path, "criterion.pt")
+        net.load_params(f_params=os.path.join(path, meta["params"]), use_safetensors=use_st)
+        net.load_params(f_history=os.path.join(path, "history.json"), **files)
+    finally:
+        net.torch_load_kwargs = previous
+    cache_path = os.path.join(path, "mask_cache.pt")
+    net.mask_cache_ = MaskCache.load(cache_path) if os.path.isfile(cache_path) else None
+    if meta.get("classes") is not None and getattr(net, "classes", None) is None:
+        net.classes_inferred_ = np.asarray(meta["classes"])
+    if meta.get("n_features_in") is not None:
+        net.n_features_in_ = int(meta["n_features_in"])
+    return net
+
+
+def _resize_module(net, n_outputs):
+    """Re-create module, criterion and optimizer with ``num_classes=n_outputs``."""
+    net.n_outputs_ = n_outputs
+    net._initialize_module(reason=None)
+    net._initialize_criterion(reason=None)
+    net._initialize_optimizer(reason=None)
+    if hasattr(net, "_initialize_accelerator"):
+        net._wrapped_with_accelerator = False
+        net._initialize_accelerator()
+
+
+class SafeCheckpoint(Checkpoint):
+    """skorch callback saving a safe, atomic checkpoint (see :func:`save_checkpoint`).
+
+    Resume with skorch's ``LoadInitState(checkpoint)``: it restores parameters, optimizer and
+    history through ``net.load_params``, always with ``weights_only=True`` loading; this
+    callback then restores the mask cache at the first epoch of the resumed run.
+
+    Parameters
+    ----------
+    dirname : str or path-like
+        Checkpoint root.
+    monitor : str, callable or None, default=None
+        When to save, as in ``skorch.callbacks.Checkpoint``; ``None``: after every epoch.
+    every : int, default=1
+        Save only every this many epochs (combined with ``monitor``).
+    keep : int or None, default=2
+        Newest checkpoints kept on disk.
+    use_safetensors : bool, default=False
+        Module parameters as safetensors.  ``LoadInitState`` cannot mix formats: resume such
+        checkpoints with :func:`load_checkpoint`.
+    event_name : str or None, default="event_cp"
+        History key recording whether a checkpoint was saved.
+    sink : callable, default=noop
+        Receives a message after each save.
+
+    Examples
+    --------
+    >>> from skorch.callbacks import LoadInitState
+    >>> cp = SafeCheckpoint(dirname="runs/cp")                       # doctest: +SKIP
+    >>> clf = RobustAttributionClassifier(..., callbacks=[cp, LoadInitState(cp)])  # doctest: +SKIP
+    """
+
+    def __init__(self, dirname, monitor=None, every=1, keep=2, use_safetensors=False, event_name="event_cp",
+                 sink=noop):
+        super().__init__(monitor=monitor, f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None,
+                         f_history="history.json", dirname=os.fspath(dirname), event_name=event_name, sink=sink)
+        self.every = every
+        self.keep = keep
+        # skorch's Checkpoint cannot store the optimizer with safetensors; save_checkpoint
+        # uses safetensors for the parameters only, so the flag is set after its checks
+        self.use_safetensors = use_safetensors
+
+    def initialize(self):
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {self.every!r}")
+        self.pending_cache_ = False
+        return super().initialize()
+
+    def on_train_begin(self, net, **kwargs):
+        self.pending_cache_ = True
+
+    def on_epoch_begin(self, net, **kwargs):
+        # LoadInitState has run by now (whatever the callback order): restore the cache that
+        # belongs to the loaded parameters if the net has none.
+        if not self.pending_cache_:
+            return
+        self.pending_cache_ = False
+        if getattr(net, "mask_cache_", None) is not None:
+            return
+        path = latest_checkpoint(self.dirname)
+        if path is None:
+            return
+        meta = _read_meta(path)
+        cache_path = os.path.join(path, "mask_cache.pt")
+        if meta["epoch"] == len(net.history) - 1 and os.path.isfile(cache_path):
+            net.mask_cache_ = MaskCache.load(cache_path)
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) % self.every == 0:
+            return super().on_epoch_end(net, **kwargs)
+        if self.event_name is not None:
+            net.history.record(self.event_name, False)
+
+    def save_model(self, net):
+        save_checkpoint(net, self.dirname, use_safetensors=self.use_safetensors, keep=self.keep)
+
+    # -- what LoadInitState / net.load_params(checkpoint=self) read --------------------
+    def _latest_or_missing(self):
+        return latest_checkpoint(self.dirname) or os.path.join(self.dirname, "no-checkpoint-yet")
+
+    @property
+    def f_history_(self):
+        return os.path.join(self._latest_or_missing(), "history.json")
+
+    def get_formatted_files(self, net):
+        kwargs = getattr(net, "torch_load_kwargs", None)
+        if kwargs is not None and not kwargs.get("weights_only", True):
+            raise ValueError("SafeCheckpoint refuses to load with torch_load_kwargs weights_only=False: that "
+                             "would let a tampered checkpoint run code")
+        path = self._latest_or_missing()
+        files = {"f_params": os.path.join(path, "params.pt"), "f_optimizer": os.path.join(path, "optimizer.pt")}
+        if os.path.isfile(os.path.join(path, "criterion.pt")):
+            files["f_criterion"] = os.path.join(path, "criterion.pt")
+        return files

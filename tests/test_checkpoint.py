@@ -1,0 +1,183 @@
+"""Safe checkpoints: no code runs when loading, atomic writes, resume after SIGKILL."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback, LoadInitState
+
+from attribshield import RobustAttributionClassifier
+from attribshield.attacks import FGSM
+from attribshield.checkpoint import SafeCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from attribshield.explainers import LimeExplainer
+from attribshield.maskers import LimeMasker
+from attribshield.refinement import MaskCache
+from attribshield.testing import TinyMLP, make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+X, y = make_images(n=24)
+
+
+def method(**kw):
+    params = dict(attacker=FGSM(eps=0.05, random_start=True, random_state=0),
+                  masker=LimeMasker(top_k=2, random_state=0), explainer=LimeExplainer(n_samples=16, random_state=0),
+                  refine_every=1, max_epochs=2, lr=0.1, batch_size=12, verbose=0, random_state=0)
+    params.update(kw)
+    return RobustAttributionClassifier(TinyMLP, **params)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return method().fit(X, y)
+
+
+class Evil:
+    """Unpickling this runs ``exec``: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_roundtrip_restores_everything(fitted, tmp_path):
+    path = save_checkpoint(fitted, tmp_path)
+    assert sorted(os.listdir(path)) == ["history.json", "mask_cache.pt", "meta.json", "optimizer.pt", "params.pt"]
+    fresh = load_checkpoint(method(), tmp_path)
+    np.testing.assert_allclose(fresh.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)
+    assert len(fresh.history) == len(fitted.history) == 2
+    torch.testing.assert_close(fresh.mask_cache_.selected, fitted.mask_cache_.selected)
+    assert fresh.mask_cache_.rounds == fitted.mask_cache_.rounds
+    np.testing.assert_array_equal(fresh.classes_, fitted.classes_)
+    for a, b in zip(fresh.optimizer_.state_dict()["param_groups"], fitted.optimizer_.state_dict()["param_groups"]):
+        assert a["lr"] == b["lr"]
+    fresh.partial_fit(X, y, epochs=1)  # training continues from the restored state
+    assert len(fresh.history) == 3
+
+
+def test_safetensors_parameters(fitted, tmp_path):
+    pytest.importorskip("safetensors")
+    path = save_checkpoint(fitted, tmp_path, use_safetensors=True)
+    assert os.path.isfile(os.path.join(path, "params.safetensors"))
+    fresh = load_checkpoint(method(), tmp_path)
+    np.testing.assert_allclose(fresh.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)
+
+
+def test_keep_and_latest(fitted, tmp_path):
+    clf = method(max_epochs=4, masker=None, callbacks=[SafeCheckpoint(tmp_path, keep=2)]).fit(X, y)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("epoch")) == ["epoch_0003", "epoch_0004"]
+    assert latest_checkpoint(tmp_path).endswith("epoch_0004")
+    assert all(row["event_cp"] for row in clf.history)
+    # a stale or missing pointer falls back to the newest complete folder
+    (tmp_path / "latest").unlink()
+    os.makedirs(tmp_path / ".tmp-epoch_0005-1")  # a half-written save of a killed process
+    assert latest_checkpoint(tmp_path).endswith("epoch_0004")
+
+
+@pytest.mark.parametrize("victim", ["params.pt", "optimizer.pt", "mask_cache.pt"])
+def test_malicious_pickle_is_refused(fitted, tmp_path, victim):
+    path = Path(save_checkpoint(fitted, tmp_path / "cp"))
+    marker = tmp_path / "pwned"
+    torch.save(Evil(marker), path / victim)
+    # the exploit is real: an unrestricted load would run it
+    torch.load(path / victim, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    victim_net = method(torch_load_kwargs={"weights_only": False})  # even a net configured unsafely
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(victim_net, tmp_path / "cp")
+    assert not marker.exists()
+
+
+def test_load_init_state_refuses_malicious_and_unsafe_settings(fitted, tmp_path):
+    save_checkpoint(fitted, tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save(Evil(marker), Path(latest_checkpoint(tmp_path)) / "params.pt")
+    cp = SafeCheckpoint(tmp_path)
+    with pytest.raises(pickle.UnpicklingError):
+        method(callbacks=[cp, LoadInitState(cp)]).fit(X, y)
+    assert not marker.exists()
+    cp = SafeCheckpoint(tmp_path)
+    with pytest.raises(ValueError, match="weights_only=False"):
+        method(callbacks=[cp, LoadInitState(cp)], torch_load_kwargs={"weights_only": False}).fit(X, y)
+    assert not marker.exists()
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ValueError, match="uninitialised"):
+        save_checkpoint(method(), tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(method(), tmp_path)
+    (tmp_path / "epoch_0001").mkdir()
+    (tmp_path / "epoch_0001" / "meta.json").write_text(json.dumps({"format": 1, "params": "../../etc/passwd"}))
+    with pytest.raises(ValueError, match="unexpected parameter file"):
+        load_checkpoint(method(), tmp_path)
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_checkpoint import method, X, y
+    from attribshield.checkpoint import SafeCheckpoint
+    method(max_epochs=10_000, callbacks=[SafeCheckpoint({dirname!r})]).fit(X, y)
+""")
+
+
+class _ParamsAtStart(Callback):
+    def on_epoch_begin(self, net, **kwargs):
+        if not hasattr(self, "state"):
+            self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+
+def test_killed_training_resumes_from_last_epoch(tmp_path):
+    dirname = tmp_path / "cp"
+    script = SCRIPT.format(tests=str(ROOT / "tests"), dirname=str(dirname))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and proc.poll() is None:
+            path = latest_checkpoint(dirname)
+            if path is not None and json.loads(Path(path, "meta.json").read_text())["epoch"] >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    saved = Path(latest_checkpoint(dirname))
+    meta = json.loads((saved / "meta.json").read_text())
+    n = meta["epoch"]
+    assert 2 <= n < 10_000
+    saved_cache = MaskCache.load(saved / "mask_cache.pt")
+    saved_params = torch.load(saved / "params.pt", weights_only=True)
+
+    cp = SafeCheckpoint(dirname)
+    spy = _ParamsAtStart()
+    # refine_every large: no refinement in the resumed epoch, so the cache must come from disk
+    resumed = method(max_epochs=1, refine_every=10_000, callbacks=[cp, LoadInitState(cp), spy])
+    resumed.fit(X, y)
+    assert len(resumed.history) == n + 1
+    assert [row["epoch"] for row in resumed.history] == list(range(1, n + 2))
+    for k, v in saved_params.items():
+        torch.testing.assert_close(spy.state[k], v)
+    assert resumed.mask_cache_ is not None and resumed.mask_cache_.rounds == saved_cache.rounds == n
+    torch.testing.assert_close(resumed.mask_cache_.selected, saved_cache.selected)
+    assert all("masked_loss" in b for b in resumed.history[-1]["batches"])  # the cache was used
+    assert latest_checkpoint(dirname).endswith(f"epoch_{n + 1:04d}")

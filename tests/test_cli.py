@@ -1,0 +1,91 @@
+"""The command line: train (resumable), evaluate, explain, and clear errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from attribshield.cli import main
+from attribshield.presets import TrainConfig, build_estimator
+
+
+@pytest.mark.parametrize("cmd", ["demo", "train", "evaluate", "explain"])
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, "--help"])
+    assert exc.value.code == 0
+    assert "usage: attribshield " + cmd in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = out / "run.toml"
+    cfg.write_text('[train]\ndataset = "digits"\nmethod = "full"\nepochs = 1\ntrain_subset = 120\n'
+                   'lime_samples = 8\nrefine_every = 1\nrefine_fraction = 0.5\neps = 0.1\nbatch_size = 32\n')
+    assert main(["train", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_writes_resumable_run(run_dir, capsys):
+    for name in ["config.json", "params.pt", "optimizer.pt", "history.json", "mask_cache.pt"]:
+        assert (run_dir / name).exists(), name
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["method"] == "full" and saved["n_classes"] == 10
+    # resume: one more epoch on top of the finished one
+    assert main(["train", "--config", str(run_dir / "run.toml"), "--epochs", "2", "--out", str(run_dir),
+                 "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert len(json.loads((run_dir / "history.json").read_text())) == 2
+    # nothing left to do
+    assert main(["train", "--config", str(run_dir / "run.toml"), "--epochs", "2", "--out", str(run_dir),
+                 "--no-progress"]) == 0
+    assert "all 2 epochs are done" in capsys.readouterr().out
+
+
+def test_evaluate_writes_report(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(run_dir), "--n-test", "20", "--steps", "2", "--restarts", "1",
+                 "--square-queries", "20", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    acc = report["robustness"]["clean_accuracy"]
+    assert 0.0 <= report["robustness"]["pgd_accuracy"] <= acc <= 1.0
+    assert (out / "report.md").exists()
+    assert '"clean_accuracy"' in capsys.readouterr().out
+
+
+def test_explain_writes_overlay(run_dir, tmp_path, capsys):
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "overlay.png"
+    assert main(["explain", str(img), "--model", str(run_dir), "--samples", "16", "--out", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 1000
+    assert "predicted classes" in capsys.readouterr().out
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[train]\nmethod = "magic"\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "method must be one of" in capsys.readouterr().err
+    cfg.write_text('[train]\nlearning_rate = 0.1\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown config keys" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_a_folder_without_run(tmp_path):
+    with pytest.raises(SystemExit, match="config.json"):
+        main(["evaluate", "--model", str(tmp_path)])
+
+
+@pytest.mark.parametrize("method", ["clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop"])
+def test_presets_build_the_right_components(method):
+    clf = build_estimator(TrainConfig(method=method))
+    assert (clf.attacker is None) == (method == "clean")
+    assert (clf.masker is None) == (method in ("clean", "fgsm_rs", "pgd"))
+    if method == "no_mask":
+        assert clf.mask_weight == 0
+    if method == "no_reg":
+        assert clf.regularizer is None
+    if method == "pgd":
+        assert clf.attacker.steps == 7
