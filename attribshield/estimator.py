@@ -479,9 +479,13 @@ class RobustAttributionClassifier(NeuralNetClassifier):
                 pen = self.regularizer_.penalty(module, X[has], y[has], pixel_mask(segments[has], selected[has]))
                 terms["penalty"] = pen.detach()
                 loss = loss + pen * (has.sum() / len(has))
-        loss.backward()
+        self._backward(loss)
         self._record_terms(terms)
         return {"loss": loss, "y_pred": y_pred}
+
+    def _backward(self, loss):
+        """Backward pass of the training loss; subclasses route it (e.g. through accelerate)."""
+        loss.backward()
 
     def _batch_selection(self, index):
         """Cached ``(segments, selected, explained)`` of the batch, or ``None`` if none apply."""

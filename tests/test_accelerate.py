@@ -74,6 +74,7 @@ def test_same_weights_as_the_plain_estimator():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.filterwarnings("ignore::skorch.exceptions.DeviceWarning")  # device=None: skorch notes it unpickles on cpu
 def test_pickle_and_clone(fitted):
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_allclose(restored.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)
