@@ -109,16 +109,19 @@ class Attacker(Protocol):
 
 @runtime_checkable
 class Explainer(Protocol):
-    """``explain(model, X, target=None, *, segments=None) -> Attribution``."""
+    """``explain(model, X, target=None, *, segments=None, samples=None) -> Attribution``."""
 
-    def explain(self, model, X, target=None, *, segments=None): ...
+    def explain(self, model, X, target=None, *, segments=None, samples=None): ...
 
 
 @runtime_checkable
 class Masker(Protocol):
-    """``select(...) -> (N, S) bool`` and ``apply(X, segments, selected) -> X_masked``."""
+    """``find_spurious(model, X, y, explainer, attacker=None)``, ``select(scores, valid)`` and
+    ``apply(X, segments, selected) -> X_masked``."""
 
-    def select(self, *args, **kwargs): ...
+    def find_spurious(self, model, X, y, explainer, attacker=None): ...
+
+    def select(self, scores, valid=None): ...
 
     def apply(self, X, segments, selected): ...
 

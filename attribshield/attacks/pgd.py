@@ -94,6 +94,8 @@ class PGD(GradientAttack):
                 delta = project(delta + step(grad, ai, norm), ei, norm)
                 delta = (Xi + delta).clamp(0, 1) - Xi
             X_adv = Xi + delta
+            if self.restarts == 1:
+                return X_adv  # a single run: no bookkeeping, no extra forward pass
             with torch.no_grad():
                 logits = module(X_adv)
                 tgt = yi if ti is None else ti
