@@ -83,17 +83,21 @@ class RobustAttributionClassifier(NeuralNetClassifier):
     regularizer : Regularizer or None, default=None
         Sensitivity penalty on the spurious regions (see :mod:`attribshield.regularizers`).
     explainer : Explainer or None, default=None
-        Used by :meth:`explain` and by the refinement loop; ``None`` means a default
-        :class:`~attribshield.explainers.LimeExplainer`.
+        Used by :meth:`explain` and by the refinement loop; ``None`` means
+        ``LimeExplainer(n_samples=200, sampling="foldover")``, which matches ``lime``'s
+        1,000-sample fidelity at a fifth of the cost (docs/explainers.md).
     clean_weight : float, default=0.0
         With an attacker, the loss is ``(1 - clean_weight) * CE(f(x_adv), y) +
         clean_weight * CE(f(x), y)``.
-    mask_weight : float, default=1.0
+    mask_weight : float, default=0.25
         Weight ``alpha`` of the masked-input loss ``CE(f(fill(x, M)), y)``.
-    refine_every : int, default=2
-        Re-explain the training images every this many epochs (closed loop).
-    refine_fraction : float, default=1.0
-        Share of the training images re-explained per refinement round (rotating).
+    refine_every : int, default=1
+        Re-explain training images every this many epochs (closed loop).
+    refine_fraction : float, default=0.02
+        Share of the training images re-explained per refinement round (rotating, so every
+        image is covered after ``1 / refine_fraction`` rounds).  Explanations dominate the
+        method's cost; the default keeps an epoch of the full method within the cost of
+        PGD-7 adversarial training on CIFAR-10 (``benchmarks/refinement_cost.py``).
     input_shape : tuple of int or None, default=None
         When set, 2-D inputs ``(N, F)`` are reshaped to ``(N, *input_shape)`` (``-1``
         allowed), so the estimator can follow scikit-learn transformers in a ``Pipeline``.
@@ -149,7 +153,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
                  train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
-                 clean_weight=0.0, mask_weight=1.0, refine_every=2, refine_fraction=1.0,
+                 clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.02,
                  input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
                  random_state=None, **kwargs):
         super().__init__(module, criterion=criterion, optimizer=optimizer, train_split=train_split, **kwargs)
@@ -253,7 +257,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         if self.explainer_ is None:
             from .explainers import LimeExplainer
 
-            self.explainer_ = LimeExplainer(random_state=self.random_state)
+            self.explainer_ = LimeExplainer(n_samples=200, sampling="foldover", random_state=self.random_state)
         return self
 
     # ------------------------------------------------------------------ data

@@ -39,7 +39,8 @@ def build_search(fast: bool):
     clf = RobustAttributionClassifier(
         module, attacker=FGSM(eps=0.1, random_start=True, random_state=0),
         masker=LimeMasker(top_k=2, random_state=0), explainer=LimeExplainer(n_samples=n_samples, random_state=0),
-        refine_every=2, max_epochs=epochs, lr=lr, batch_size=batch_size, train_split=None,  # no split inside CV folds
+        refine_every=2, refine_fraction=0.25, max_epochs=epochs, lr=lr, batch_size=batch_size,
+        train_split=None,  # no internal validation split inside CV folds
         verbose=0, random_state=0, **module_kw)
     scorer = make_robust_scorer(PGD(eps=eps, steps=5 if fast else 20, random_state=0))
     return GridSearchCV(clf, grid, cv=2 if fast else 3, scoring=scorer, n_jobs=-1)

@@ -29,7 +29,8 @@ X, y = make_images(n=24)
 def method(**kw):
     params = dict(attacker=FGSM(eps=0.05, random_start=True, random_state=0),
                   masker=LimeMasker(top_k=2, random_state=0), explainer=LimeExplainer(n_samples=16, random_state=0),
-                  refine_every=1, max_epochs=2, lr=0.1, batch_size=12, verbose=0, random_state=0)
+                  refine_every=1, refine_fraction=1.0, max_epochs=2, lr=0.1, batch_size=12, verbose=0,
+                  random_state=0)
     params.update(kw)
     return RobustAttributionClassifier(TinyMLP, **params)
 

@@ -27,7 +27,8 @@ def search(**kw):
     clf = RobustAttributionClassifier(
         TinyMLP, attacker=FGSM(eps=0.1, random_start=True, random_state=0),
         masker=LimeMasker(top_k=2, random_state=0), explainer=LimeExplainer(n_samples=16, random_state=0),
-        refine_every=1, max_epochs=2, lr=0.2, batch_size=12, train_split=None, verbose=0, random_state=0)
+        refine_every=1, refine_fraction=0.5, max_epochs=2, lr=0.2, batch_size=12, train_split=None, verbose=0,
+        random_state=0)
     scoring = {"robust": make_robust_scorer(FGSM(eps=0.1)), "pid": _pid}
     return GridSearchCV(clf, GRID, cv=2, scoring=scoring, refit="robust", **kw)
 
