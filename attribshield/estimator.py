@@ -93,7 +93,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         Weight ``alpha`` of the masked-input loss ``CE(f(fill(x, M)), y)``.
     refine_every : int, default=1
         Re-explain training images every this many epochs (closed loop).
-    refine_fraction : float, default=0.02
+    refine_fraction : float, default=0.05
         Share of the training images re-explained per refinement round (rotating, so every
         image is covered after ``1 / refine_fraction`` rounds).  Explanations dominate the
         method's cost; the default keeps an epoch of the full method within the cost of
@@ -153,7 +153,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
                  train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
-                 clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.02,
+                 clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.05,
                  input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
                  random_state=None, **kwargs):
         super().__init__(module, criterion=criterion, optimizer=optimizer, train_split=train_split, **kwargs)
@@ -508,7 +508,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
             segments, selected, has = sel
             kwargs["mask"] = pixel_mask(segments, selected & has[:, None]).to(X.dtype)
-        return self.attacker_.perturb(module, X, y, **kwargs)
+        with self._autocast():  # the attack's passes get the same precision as training's
+            return self.attacker_.perturb(module, X, y, **kwargs)
 
     def _record_terms(self, terms):
         """Record each loss term of the batch in the history (``<term>_loss`` keys)."""

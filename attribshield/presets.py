@@ -44,7 +44,7 @@ class TrainConfig:
     mask_weight: float = 0.25
     lime_samples: int = 64
     refine_every: int = 1
-    refine_fraction: float = 0.02
+    refine_fraction: float = 0.05
     train_subset: int = 0
     channels_last: bool = False
     bf16: bool = False
