@@ -46,6 +46,7 @@ def main():
     p.add_argument("--data-root", default=os.path.join(ROOT, ".cache", "cifar10"))
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "cifar10"))
     p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--cifar10c", action="store_true", help="also CIFAR-10-C (15 x 5) on the n-test images")
     p.add_argument("--autoattack", action="store_true")
     p.add_argument("--extra", nargs="*", default=[], help="extra 'attribshield train' flags")
@@ -65,12 +66,14 @@ def main():
                      *args.extra]
             t_train = run(train, log)
             ev = [sys.executable, "-m", "attribshield", "evaluate", "--model", run_dir, "--n-test", str(args.n_test),
-                  "--steps", "20", "--restarts", "2", "--out", os.path.join(run_dir, "eval")]
+                  "--steps", "20", "--restarts", "2", "--square-queries", str(args.square_queries),
+                  "--out", os.path.join(run_dir, "eval")]
             if args.cifar10c:
                 ev.append("--cifar10c")
             if args.autoattack:
                 ev.append("--autoattack")
-            run(ev, log)
+            if not os.path.exists(os.path.join(run_dir, "eval", "report.json")):
+                run(ev, log)
             with open(os.path.join(run_dir, "eval", "report.json")) as f:
                 rep = json.load(f)
             with open(os.path.join(run_dir, "history.json")) as f:
