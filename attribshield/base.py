@@ -45,6 +45,29 @@ class Component(BaseEstimator):
     def __repr__(self, N_CHAR_MAX: int = 700) -> str:  # keep sklearn's compact repr
         return super().__repr__(N_CHAR_MAX=N_CHAR_MAX)
 
+    def _generator(self, device) -> Optional[torch.Generator]:
+        """A ``torch.Generator`` per device, created lazily from ``self.random_state``.
+
+        ``None`` (no ``random_state``) means torch's global generator.  The generator is kept,
+        so successive calls draw fresh but reproducible numbers; it is not pickled (a restored
+        component starts again from its seed) and ``clone`` never copies it.
+        """
+        rs = getattr(self, "random_state", None)
+        if rs is None:
+            return None
+        if isinstance(rs, torch.Generator):
+            return rs
+        cache = self.__dict__.setdefault("_generators", {})
+        key = str(torch.device(device))
+        if key not in cache:
+            cache[key] = make_generator(rs, device)
+        return cache[key]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_generators", None)
+        return state
+
 
 def make_generator(random_state, device) -> Optional[torch.Generator]:
     """Return a ``torch.Generator`` on ``device`` seeded from ``random_state``.

@@ -52,7 +52,7 @@ def _cmd_demo(args):
 
 
 def _cmd_train(args):
-    from skorch.callbacks import Checkpoint, LoadInitState, ProgressBar
+    from skorch.callbacks import Checkpoint, ProgressBar
 
     from .presets import build_estimator, load_dataset
 

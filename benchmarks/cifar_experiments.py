@@ -64,7 +64,7 @@ def main():
                      args.data_root, "--model", args.model, "--method", method, "--epochs", str(args.epochs),
                      "--seed", str(seed), "--channels-last", "--bf16", "--no-progress", "--out", run_dir,
                      *args.extra]
-            t_train = run(train, log)
+            run(train, log)
             ev = [sys.executable, "-m", "attribshield", "evaluate", "--model", run_dir, "--n-test", str(args.n_test),
                   "--steps", "20", "--restarts", "2", "--square-queries", str(args.square_queries),
                   "--out", os.path.join(run_dir, "eval")]

@@ -6,7 +6,6 @@ unbounded tabular data; everything else is the estimator as users get it.
 """
 import warnings
 
-import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from attribshield import RobustAttributionClassifier

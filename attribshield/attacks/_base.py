@@ -6,8 +6,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module, make_generator
+from .._validation import check_images
+from ..base import Component, eval_mode, get_module
 from ._threat import check_norm
 
 
@@ -34,23 +34,6 @@ class GradientAttack(Component):
         restarts = getattr(self, "restarts", 1)
         if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
             raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-
-    # -- random numbers ------------------------------------------------------------------
-    def _generator(self, device):
-        """A generator per device, created lazily from ``random_state`` (None: torch's global)."""
-        rs = getattr(self, "random_state", None)
-        if rs is None:
-            return None
-        cache = self.__dict__.setdefault("_generators", {})
-        key = str(torch.device(device))
-        if key not in cache:
-            cache[key] = make_generator(rs, device)
-        return cache[key]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_generators", None)
-        return state
 
     # -- public --------------------------------------------------------------------------
     def perturb(self, model, X, y, *, target=None, **kwargs):

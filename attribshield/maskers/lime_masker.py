@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module, make_generator
+from ..base import Component, eval_mode, get_module
 from .fill import FILLS, _check_segments_selected, fill_image, pixel_mask
 
 __all__ = ["LimeMasker", "SpuriousSelection", "CRITERIA"]
@@ -212,24 +212,6 @@ class LimeMasker(Component):
             raise ValueError(f"n_noise must be an integer >= 1, got {self.n_noise!r}")
         if self.blur_sigma is not None and (not _is_real(self.blur_sigma) or not self.blur_sigma > 0):
             raise ValueError(f"blur_sigma must be None or a finite number > 0, got {self.blur_sigma!r}")
-
-    # ----------------------------------------------------------------- random numbers
-    def _generator(self, device):
-        """A generator per device, created lazily from ``random_state`` (None: torch's global)."""
-        if self.random_state is None:
-            return None
-        if isinstance(self.random_state, torch.Generator):
-            return self.random_state
-        cache = self.__dict__.setdefault("_generators", {})
-        key = str(torch.device(device))
-        if key not in cache:
-            cache[key] = make_generator(self.random_state, device)
-        return cache[key]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_generators", None)
-        return state
 
     # ----------------------------------------------------------------- scoring
     def _instability(self, module, X, y, explainer, attacker, attr, batch_size):

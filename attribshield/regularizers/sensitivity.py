@@ -4,7 +4,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..base import make_generator
 from ._common import _MaskedPenalty, _is_real
 
 __all__ = ["SpuriousSensitivityPenalty"]
@@ -65,22 +64,6 @@ class SpuriousSensitivityPenalty(_MaskedPenalty):
         super()._validate_params()
         if not _is_real(self.h) or not self.h > 0:
             raise ValueError(f"h must be a finite number > 0, got {self.h!r}")
-
-    def _generator(self, device):
-        if self.random_state is None:
-            return None
-        if isinstance(self.random_state, torch.Generator):
-            return self.random_state
-        cache = self.__dict__.setdefault("_generators", {})
-        key = str(torch.device(device))
-        if key not in cache:
-            cache[key] = make_generator(self.random_state, device)
-        return cache[key]
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_generators", None)
-        return state
 
     def penalty(self, model, X, y, mask) -> torch.Tensor:
         """Return the penalty for a batch.
