@@ -66,5 +66,8 @@ class FGSM(GradientAttack):
         else:
             delta = torch.zeros_like(X)
         _, grad = self._loss_and_grad(module, X + delta, y, target)
+        if norm == "Linf":  # projection onto the box and [0, 1] at once
+            X_adv = X + delta + step(grad, alpha, norm)
+            return torch.minimum(torch.maximum(X_adv, (X - eps).clamp_(min=0)), (X + eps).clamp_(max=1))
         delta = project(delta + step(grad, alpha, norm), eps, norm)
         return (X + delta).clamp(0, 1)

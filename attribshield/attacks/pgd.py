@@ -73,6 +73,8 @@ class PGD(GradientAttack):
         if isinstance(eps, torch.Tensor):  # per-pixel budgets scale the step too
             alpha = alpha * eps / self.eps
         gen = self._generator(X.device)
+        if self.restarts == 1:  # a single run: no bookkeeping, no extra forward pass
+            return self._run(module, X, y, target, eps, alpha, gen)
         best = X.clone()
         best_loss = torch.full((X.shape[0],), -float("inf"), device=X.device)
         done = torch.zeros(X.shape[0], dtype=torch.bool, device=X.device)
@@ -84,18 +86,7 @@ class PGD(GradientAttack):
             ti = None if target is None else target[idx]
             ei = eps[idx] if isinstance(eps, torch.Tensor) and eps.shape[0] == X.shape[0] else eps
             ai = alpha[idx] if isinstance(alpha, torch.Tensor) and alpha.shape[0] == X.shape[0] else alpha
-            if self.random_start:
-                delta = random_start(Xi, ei, norm, gen)
-                delta = (Xi + delta).clamp(0, 1) - Xi
-            else:
-                delta = torch.zeros_like(Xi)
-            for _ in range(self.steps):
-                _, grad = self._loss_and_grad(module, Xi + delta, yi, ti)
-                delta = project(delta + step(grad, ai, norm), ei, norm)
-                delta = (Xi + delta).clamp(0, 1) - Xi
-            X_adv = Xi + delta
-            if self.restarts == 1:
-                return X_adv  # a single run: no bookkeeping, no extra forward pass
+            X_adv = self._run(module, Xi, yi, ti, ei, ai, gen)
             with torch.no_grad():
                 logits = module(X_adv)
                 tgt = yi if ti is None else ti
@@ -109,6 +100,25 @@ class PGD(GradientAttack):
                 best_loss[sel] = loss[better]
                 done[idx[ok]] = True
         return best
+
+
+    def _run(self, module, X, y, target, eps, alpha, gen):
+        """One PGD run from a random (or no) start; returns the last iterate."""
+        norm = self.norm
+        if norm == "Linf":  # the box around X, intersected with [0, 1], computed once
+            lo, hi = (X - eps).clamp_(min=0), (X + eps).clamp_(max=1)
+        if self.random_start:
+            X_adv = (X + random_start(X, eps, norm, gen)).clamp_(0, 1)
+        else:
+            X_adv = X
+        for _ in range(self.steps):
+            _, grad = self._loss_and_grad(module, X_adv, y, target)
+            X_adv = X_adv + step(grad, alpha, norm)
+            if norm == "Linf":  # projection onto box and [0, 1] at once
+                X_adv = torch.minimum(torch.maximum(X_adv, lo), hi)
+            else:
+                X_adv = (X + project(X_adv - X, eps, norm)).clamp_(0, 1)
+        return X_adv
 
 
 class GuidedPGD(PGD):
