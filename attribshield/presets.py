@@ -129,7 +129,7 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
     elif cfg.method != "clean":
         attacker = FGSM(eps=cfg.eps, random_start=True, random_state=s)
     params = dict(
-        module=module, module__num_classes=n_classes, attacker=attacker,
+        module=module, module__num_classes=n_classes, classes=list(range(n_classes)), attacker=attacker,
         max_epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
         optimizer=torch.optim.SGD, optimizer__momentum=cfg.momentum, optimizer__weight_decay=cfg.weight_decay,
         iterator_train__shuffle=True, channels_last=cfg.channels_last, autocast="bf16" if cfg.bf16 else None,

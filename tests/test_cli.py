@@ -89,3 +89,18 @@ def test_presets_build_the_right_components(method):
         assert clf.regularizer is None
     if method == "pgd":
         assert clf.attacker.steps == 7
+
+
+def test_cifar100_pipeline_on_written_files(tmp_path, capsys):
+    from attribshield.testing import write_cifar100
+
+    write_cifar100(tmp_path / "data", n_train=24, n_test=8)
+    out = tmp_path / "run100"
+    assert main(["train", "--dataset", "cifar100", "--data-root", str(tmp_path / "data"), "--model", "smallcnn",
+                 "--method", "fgsm_rs", "--epochs", "1", "--batch-size", "8", "--out", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["n_classes"] == 100  # a subset without every class still gets a 100-way head
+    assert main(["evaluate", "--model", str(out), "--n-test", "8", "--steps", "1", "--restarts", "1",
+                 "--square-queries", "5", "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["robustness"]["n_samples"] == 8

@@ -6,6 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
+from attribshield.testing import write_cifar100
+
 from attribshield.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -100,24 +102,7 @@ def test_cifar10_bad_arguments(tmp_path, kwargs, match):
 
 
 def _write_cifar100(root, n_train=12, n_test=5, seed=0):
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    content = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-        fine = rng.integers(0, 100, size=n).tolist()
-        coarse = [f // 5 for f in fine]
-        entry = {"data": data, "fine_labels": fine, "coarse_labels": coarse,
-                 "filenames": [f"img{i}.png" for i in range(n)]}
-        with open(folder / split, "wb") as fh:
-            pickle.dump(entry, fh)
-        content[split] = entry
-    meta = {"fine_label_names": [f"fine{i}" for i in range(100)],
-            "coarse_label_names": [f"coarse{i}" for i in range(20)]}
-    with open(folder / "meta", "wb") as fh:
-        pickle.dump(meta, fh)
-    return content
+    return write_cifar100(root, n_train=n_train, n_test=n_test, seed=seed)
 
 
 @pytest.mark.parametrize("train, split", [(True, "train"), (False, "test")])

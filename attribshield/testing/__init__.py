@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TinyMLP", "LinearImageModel", "ConstantModel", "make_images"]
+__all__ = ["TinyMLP", "LinearImageModel", "ConstantModel", "make_images", "write_cifar100"]
 
 
 class TinyMLP(nn.Module):
@@ -52,3 +52,32 @@ def make_images(n=24, c=1, h=8, w=8, n_classes=3, seed=0):
     for i, k in enumerate(y):
         X[i, :, k * band:(k + 1) * band, :] += 0.5
     return np.clip(X, 0, 1).astype(np.float32), y.astype(np.int64)
+
+
+def write_cifar100(root, n_train=12, n_test=5, seed=0):
+    """Write a small CIFAR-100 in torchvision's on-disk layout (``root/cifar-100-python/``).
+
+    Random uint8 images with random fine labels (coarse = fine // 5); returns the written
+    ``{"train": entry, "test": entry}`` dicts.  No copy of CIFAR-100 exists on the project's
+    machines, so its loader and pipeline are tested on such files.
+    """
+    import pickle
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True)
+    content = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        fine = rng.integers(0, 100, size=n).tolist()
+        entry = {"data": data, "fine_labels": fine, "coarse_labels": [f // 5 for f in fine],
+                 "filenames": [f"img{i}.png" for i in range(n)]}
+        with open(folder / split, "wb") as fh:
+            pickle.dump(entry, fh)
+        content[split] = entry
+    meta = {"fine_label_names": [f"fine{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse{i}" for i in range(20)]}
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump(meta, fh)
+    return content
