@@ -1,7 +1,6 @@
 """Tests of the data loaders: digits (embedded), CIFAR-10 (real copy), CIFAR-100 (written here)."""
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest

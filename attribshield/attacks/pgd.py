@@ -67,7 +67,6 @@ class PGD(GradientAttack):
         return self.eps
 
     def _attack(self, module, X, y, target, mask=None):
-        norm = self.norm
         eps = self._budget(X, mask)
         alpha = self._step_size()
         if isinstance(eps, torch.Tensor):  # per-pixel budgets scale the step too
