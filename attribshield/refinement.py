@@ -35,7 +35,9 @@ class MaskCache:
     segments : torch.Tensor of shape (n_samples, H, W), int16
     selected : torch.Tensor of shape (n_samples, S_max), bool
     explained : torch.Tensor of shape (n_samples,), bool
-        Which samples have a selection yet.
+        Which samples have a (current) selection.
+    round_of : torch.Tensor of shape (n_samples,), int32
+        The refinement round (1-based) that made each sample's selection.
     cursor : int
         Where the next rotating refinement round starts.
     rounds : int
@@ -46,6 +48,7 @@ class MaskCache:
         self.segments = torch.zeros((n_samples, height, width), dtype=torch.int16)
         self.selected = torch.zeros((n_samples, 1), dtype=torch.bool)
         self.explained = torch.zeros(n_samples, dtype=torch.bool)
+        self.round_of = torch.zeros(n_samples, dtype=torch.int32)
         self.cursor = 0
         self.rounds = 0
 
@@ -62,6 +65,13 @@ class MaskCache:
         self.selected[index] = False
         self.selected[index, :S] = selected.cpu()
         self.explained[index] = True
+        self.round_of[index] = self.rounds + 1  # the round in progress
+
+    def expire(self, max_age: int) -> int:
+        """Forget selections made more than ``max_age`` rounds ago; returns how many."""
+        old = self.explained & (self.round_of <= self.rounds - max_age)
+        self.explained[old] = False
+        return int(old.sum())
 
     def batch(self, index, device):
         """``(segments (B,H,W) long, selected (B,S) bool, explained (B,) bool)`` on ``device``."""
@@ -71,7 +81,7 @@ class MaskCache:
 
     def state_dict(self) -> dict:
         return {"segments": self.segments, "selected": self.selected, "explained": self.explained,
-                "cursor": torch.tensor(self.cursor), "rounds": torch.tensor(self.rounds)}
+                "round_of": self.round_of, "cursor": torch.tensor(self.cursor), "rounds": torch.tensor(self.rounds)}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "MaskCache":
@@ -80,6 +90,8 @@ class MaskCache:
         cache.segments = state["segments"].to(torch.int16)
         cache.selected = state["selected"].bool()
         cache.explained = state["explained"].bool()
+        if "round_of" in state:
+            cache.round_of = state["round_of"].to(torch.int32)
         cache.cursor = int(state["cursor"])
         cache.rounds = int(state["rounds"])
         return cache
@@ -138,15 +150,22 @@ class Refinement(Callback):
     progress : bool or None, default=None
         tqdm progress bar over the chunks; ``None``: when the net is verbose.
     max_rounds : int or None, default=None
-        Stop refining after this many rounds; ``max_rounds=1`` with ``refine_fraction=1``
-        computes the masks once and keeps them (the "no closed loop" ablation).
+        Stop refining after this many rounds; ``max_rounds=1`` computes the masks once and
+        keeps them (the "no closed loop" ablation).
+    max_age : int or None, default=1
+        After each round, forget selections made more than ``max_age`` rounds ago, so the
+        training step only uses masks from recent models.  This also bounds the method's
+        cost: the masked loss and the penalty run on the masked share of each batch, which
+        with ``max_age=1`` stays at ``refine_fraction`` instead of growing every round
+        (``None`` keeps every mask: coverage, and cost, grow to 100 %).
     """
 
-    def __init__(self, chunk_size=256, dirname=None, progress=None, max_rounds=None):
+    def __init__(self, chunk_size=256, dirname=None, progress=None, max_rounds=None, max_age=1):
         self.chunk_size = chunk_size
         self.dirname = dirname
         self.progress = progress
         self.max_rounds = max_rounds
+        self.max_age = max_age
 
     def _path(self):
         return None if self.dirname is None else os.path.join(self.dirname, "mask_cache.pt")
@@ -198,6 +217,8 @@ class Refinement(Callback):
             sel = net.masker_.find_spurious(module, X, y, net.explainer_, attacker=net.attacker_)
             cache.update(idx, sel.segments, sel.selected)
         cache.rounds += 1
+        if self.max_age is not None:
+            cache.expire(self.max_age)
         net.mask_cache_ = cache
         path = self._path()
         if path is not None:

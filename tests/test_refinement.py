@@ -50,7 +50,7 @@ def test_cache_filled_and_terms_recorded(refined):
 
 
 def test_rotating_fraction_covers_everything():
-    clf = method(refine_fraction=0.5, max_epochs=1).fit(X, y)
+    clf = method(refine_fraction=0.5, max_epochs=1, callbacks__refinement__max_age=None).fit(X, y)
     cache = clf.mask_cache_
     assert int(cache.explained.sum()) == 16 and cache.cursor == 16
     clf.partial_fit(X, y)
@@ -147,3 +147,22 @@ def test_max_rounds_freezes_masks():
     clf = method(max_epochs=3, callbacks__refinement__max_rounds=1).fit(X, y)
     assert clf.mask_cache_.rounds == 1
     assert [("refine_n" in row) for row in clf.history] == [True, False, False]
+
+
+def test_max_age_keeps_only_recent_masks():
+    clf = method(refine_fraction=0.5, max_epochs=3).fit(X, y)  # default max_age=1
+    cache = clf.mask_cache_
+    assert cache.rounds == 3 and int(cache.explained.sum()) == 16  # only the last round's half
+    assert bool((cache.round_of[cache.explained] == 3).all())
+    keep_all = method(refine_fraction=0.5, max_epochs=3, callbacks__refinement__max_age=None).fit(X, y)
+    assert bool(keep_all.mask_cache_.explained.all())
+
+
+def test_mask_cache_expire():
+    cache = MaskCache(4, 2, 2)
+    for r, idx in enumerate([[0, 1], [2], [3]]):
+        cache.update(torch.tensor(idx), torch.zeros(len(idx), 2, 2, dtype=torch.long),
+                     torch.ones(len(idx), 1, dtype=torch.bool))
+        cache.rounds += 1
+    assert cache.expire(2) == 2  # round 1's two samples are older than two rounds
+    assert cache.explained.tolist() == [False, False, True, True]
