@@ -1,0 +1,140 @@
+"""Render the CIFAR-10 campaign's tables (Markdown) from the run folders under runs/cifar10/.
+
+    python benchmarks/results_page.py [--runs runs/cifar10] > /tmp/tables.md
+
+Reads each ``<run>/history.json`` and ``<run>/eval/report.json``; prints the main table
+(accuracy under each attack, CIFAR-10-C mean, median epoch time) and the per-corruption table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "cifar10"))
+    p.add_argument("--plots", default=None, help="folder for the comparison PNGs (accuracy vs eps, corruptions)")
+    p.add_argument("--explain", nargs="*", default=[], help="runs whose explanations of 8 test images to plot")
+    args = p.parse_args()
+    rows, cor, curves = [], {}, {}
+    for name in sorted(os.listdir(args.runs)):
+        rep_path = os.path.join(args.runs, name, "eval", "report.json")
+        if not os.path.exists(rep_path):
+            continue
+        with open(rep_path) as f:
+            rep = json.load(f)
+        with open(os.path.join(args.runs, name, "history.json")) as f:
+            hist = json.load(f)
+        epoch_s = [h["dur"] + h.get("refine_dur", 0.0) for h in hist]
+        rob = rep["robustness"]
+        rows.append((name, len(hist), rob["clean_accuracy"], rob["pgd_accuracy"], rob["square_accuracy"],
+                     rob["robust_accuracy"], (rep.get("corruptions") or {}).get("mean"),
+                     statistics.median(epoch_s), sum(h.get("refine_dur", 0.0) for h in hist) / len(hist),
+                     rob["gradient_masking"].get("suspected")))
+        if rep.get("corruptions"):
+            cor[name] = rep["corruptions"]["per_corruption"]
+        curves[name] = rob["eps_curve"]
+    print("| run | epochs | clean | PGD-20 (2 restarts) | Square (300 q) | worst case | CIFAR-10-C mean | "
+          "median epoch (s) | of which explaining (s) | masking suspected |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = "-" if r[6] is None else f"{r[6]:.3f}"
+        print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | {c} | {r[7]:.0f} | "
+              f"{r[8]:.0f} | {'yes' if r[9] else 'no'} |")
+    if cor:
+        names = list(next(iter(cor.values())).keys())
+        print()
+        print("| corruption | " + " | ".join(cor) + " |")
+        print("|---|" + "---|" * len(cor))
+        for n in names:
+            print(f"| {n} | " + " | ".join(f"{cor[r][n]:.3f}" for r in cor) + " |")
+    if args.plots:
+        plot(curves, cor, args.plots)
+        if args.explain:
+            explanations(args.runs, args.explain, args.plots)
+
+
+def explanations(runs_dir, names, out, n=8):
+    """LIME (1,000 foldover samples, SLIC-25) of the same test images under each run's model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+
+    from attribshield.cli import _load_run
+    from attribshield.explainers import LimeExplainer, SlicSegmenter
+    from attribshield.presets import load_dataset
+
+    models = {name: _load_run(os.path.join(runs_dir, name)) for name in names}
+    cfg = next(iter(models.values()))[1]
+    X, y, _ = load_dataset(cfg, train=False)
+    X = torch.as_tensor(X[:n].astype(np.float32) / 255.0)
+    y = torch.as_tensor(y[:n])
+    explainer = LimeExplainer(n_samples=1000, sampling="foldover", segmenter=SlicSegmenter(n_segments=25),
+                              random_state=0)
+    fig, axes = plt.subplots(1 + len(names), n, figsize=(1.5 * n, 1.6 * (1 + len(names))), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(X[j].permute(1, 2, 0).numpy())
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    segments = None
+    for i, name in enumerate(names, start=1):
+        module = models[name][0].module_.float().to(memory_format=torch.contiguous_format)
+        att = explainer.explain(module, X, y, segments=segments)
+        segments = att.segments  # the same superpixels for every model
+        maps = att.to_pixels().numpy()
+        for j in range(n):
+            lim = float(np.abs(maps[j, 0]).max()) or 1.0
+            axes[i, j].imshow(maps[j, 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("LIME weights for the true class (red: for, blue: against), same superpixels", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "cifar10_explanations.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot(curves, cor, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(out, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for name, c in curves.items():
+        ax.plot(np.array(c["eps"]) * 255, c["accuracy"], marker="o", label=name)
+    ax.set_xlabel("Linf eps (x 1/255)")
+    ax.set_ylabel("PGD-20 accuracy")
+    ax.set_title("CIFAR-10, SmallCNN, 5 epochs (500 test images)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "cifar10_accuracy_vs_eps.png"), dpi=120)
+    plt.close(fig)
+    if cor:
+        names = list(next(iter(cor.values())).keys())
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        w = 0.8 / len(cor)
+        for k, (run, vals) in enumerate(cor.items()):
+            ax.bar(np.arange(len(names)) + k * w, [vals[n] for n in names], w, label=run)
+        ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (mean over 5 severities)")
+        ax.legend(fontsize=8, ncol=len(cor))
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "cifar10c_per_corruption.png"), dpi=120)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
