@@ -100,7 +100,7 @@ def _cmd_evaluate(args):
     res = evaluate_model(clf.module_, X, y, eps=eps, norm=args.norm, autoattack=args.autoattack,
                          cifar10c=True if args.cifar10c else None, out_dir=out, n_classes=n_classes,
                          bounds=args.bounds, steps=args.steps, restarts=args.restarts,
-                         n_queries=args.square_queries)
+                         n_queries=args.square_queries, progress=True)
     summary = {}
     for section in res.values():
         if isinstance(section, dict):

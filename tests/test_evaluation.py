@@ -341,8 +341,9 @@ def test_corruption_accuracy_table_and_precomputed_agree():
     vals = [res["table"][c][s] for c in names for s in sevs]
     assert res["mean"] == pytest.approx(np.mean(vals))
     assert res["per_corruption"]["contrast"] == pytest.approx(np.mean([res["table"]["contrast"][s] for s in sevs]))
-    # seeded: same result twice; precomputed arrays give the same table
+    # seeded: same result twice (with or without a progress bar); precomputed arrays agree
     assert corruption_accuracy(model, X, y, corruptions=names, severities=sevs)["table"] == res["table"]
+    assert corruption_accuracy(model, X, y, corruptions=names, severities=sevs, progress=True)["table"] == res["table"]
     pre = {(c, s): corrupt(X, c, s, random_state=s) for c in names for s in sevs}
     res_pre = corruption_accuracy(model, pre, y, severities=sevs)
     manual = {c: {s: clean_accuracy(model, pre[c, s], y) for s in sevs} for c in names}

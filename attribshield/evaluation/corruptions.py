@@ -22,7 +22,7 @@ def _default_corruptions():
 
 
 def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), random_state=0, *,
-                        batch_size=256):
+                        batch_size=256, progress=False):
     """Accuracy on corrupted copies of ``X`` for every (corruption, severity) pair.
 
     Parameters
@@ -45,6 +45,8 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
         Seed of the random corruptions; each (corruption, severity) pair gets its own seed
         derived from it, so a table entry does not depend on which others were computed.
     batch_size : int, default=256
+    progress : bool, default=False
+        tqdm progress bar over the (corruption, severity) blocks.
 
     Returns
     -------
@@ -101,18 +103,21 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
         X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
     if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
         raise ValueError(f"random_state must be an int or None, got {random_state!r}")
-    table = {}
-    for name in corruptions:
-        table[name] = {}
-        for s in sevs:
-            if precomputed:
-                Xc = X[name, s]
-            else:
-                # one independent stream per (corruption, severity), stable under subsetting
-                seed = None if random_state is None else int(
-                    np.random.SeedSequence([int(random_state), _name_key(name), s]).generate_state(1)[0])
-                Xc = corrupt(X, name, s, random_state=seed)
-            table[name][s] = clean_accuracy(model, Xc, y, batch_size=batch_size)
+    table = {name: {} for name in corruptions}
+    pairs = [(name, s) for name in corruptions for s in sevs]
+    if progress:
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(pairs, desc="corruptions", unit="block")
+    for name, s in pairs:
+        if precomputed:
+            Xc = X[name, s]
+        else:
+            # one independent stream per (corruption, severity), stable under subsetting
+            seed = None if random_state is None else int(
+                np.random.SeedSequence([int(random_state), _name_key(name), s]).generate_state(1)[0])
+            Xc = corrupt(X, name, s, random_state=seed)
+        table[name][s] = clean_accuracy(model, Xc, y, batch_size=batch_size)
     per_corruption = {c: float(np.mean([table[c][s] for s in sevs])) for c in corruptions}
     per_severity = {s: float(np.mean([table[c][s] for c in corruptions])) for s in sevs}
     mean = float(np.mean([table[c][s] for c in corruptions for s in sevs]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,7 @@ def write_report(results: dict, out_dir) -> dict:
 
 def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=None, out_dir=None,
                    n_classes=10, steps=50, restarts=5, n_queries=1000, bounds=False, spurious_mask=None,
-                   bound_radius=None, n_bound=64, random_state=0, batch_size=256):
+                   bound_radius=None, n_bound=64, random_state=0, batch_size=256, progress=False):
     """Run the evaluation suite on ``model`` and optionally write the report.
 
     Parameters
@@ -221,6 +222,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     model : torch.nn.Module or fitted RobustAttributionClassifier
     X : array-like of shape (N, C, H, W)
         Test images in [0, 1].
+    progress : bool, default=False
+        Report the stages on stderr and show a progress bar over the corruption blocks.
     y : array-like of shape (N,)
     eps : float
         Radius of the threat model.
@@ -261,16 +264,21 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
 
     Xt = check_images(X)
     yt = check_labels(y, Xt.shape[0])
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    say(f"evaluating {len(Xt)} images: clean, PGD ({steps} steps x {restarts} restarts), Square ({n_queries} "
+        f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}")
     results = {"robustness": robustness_report(model, Xt, yt, eps, norm, steps=steps, restarts=restarts,
                                                autoattack=autoattack, n_classes=n_classes, n_queries=n_queries,
                                                random_state=random_state, batch_size=batch_size)}
     if cifar10c is not None and cifar10c is not False:
         if cifar10c is True:
             results["corruptions"] = corruption_accuracy(model, Xt.cpu().numpy(), yt, random_state=random_state,
-                                                         batch_size=batch_size)
+                                                         batch_size=batch_size, progress=progress)
         else:
-            results["corruptions"] = corruption_accuracy(model, cifar10c, y, batch_size=batch_size)
+            results["corruptions"] = corruption_accuracy(model, cifar10c, y, batch_size=batch_size,
+                                                         progress=progress)
     if bounds:
+        say(f"lower bound and minimal distortion on {min(n_bound, len(Xt))} images")
         Xb, yb = Xt[:n_bound], yt[:n_bound]
         if spurious_mask is None:
             from ..base import get_module
