@@ -21,27 +21,16 @@ import numbers
 import numpy as np
 import torch
 
-from ._validation import check_images, check_labels
 from .attacks._threat import check_norm, project, random_start, step
-from .base import eval_mode, get_module, make_generator
+from .base import eval_mode, make_generator
+from .evaluation._utils import prepare
 
 __all__ = ["margin", "attribution_lower_bound", "minimal_adversarial_distortion", "bound_violation_rate"]
 
 
-def _device_of(module, default):
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return default
-
-
 def _prepare(model, X, y):
-    module = get_module(model)
-    X = check_images(X)
-    y = check_labels(y, X.shape[0])
-    device = _device_of(module, X.device)
-    return module, X.to(device), y.to(device)
+    module, X, y, _ = prepare(model, X, y)
+    return module, X, y
 
 
 def _check_int(v, name, low):
