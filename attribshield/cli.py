@@ -13,6 +13,7 @@ import os
 import sys
 
 from ._runtime import tune_allocator
+from .presets import METHODS
 
 CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
 
@@ -152,7 +153,8 @@ def build_parser():
     p.add_argument("--dataset", choices=["digits", "cifar10", "cifar100"])
     p.add_argument("--data-root", dest="data_root")
     p.add_argument("--model", choices=["digitsnet", "smallcnn", "preactresnet18"])
-    p.add_argument("--method", choices=["clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop"])
+    p.add_argument("--method", choices=list(METHODS))
+    p.add_argument("--trades-beta", dest="trades_beta", type=float)
     p.add_argument("--epochs", type=int)
     p.add_argument("--eps", type=float)
     p.add_argument("--lr", type=float)

@@ -77,6 +77,9 @@ class RobustAttributionClassifier(NeuralNetClassifier):
     attacker : Attacker or None, default=None
         E.g. :class:`~attribshield.attacks.FGSM` or :class:`~attribshield.attacks.PGD`.
         When set, every batch is attacked and the loss is taken on the adversarial images.
+        An attacker with an ``objective(logits_clean, logits_adv, y)`` method (e.g.
+        :class:`~attribshield.attacks.TRADES`) supplies the loss itself; ``clean_weight``
+        is then ignored.
     masker : Masker or None, default=None
         Selects spurious segments from explanations and fills them (see
         :mod:`attribshield.maskers`).
@@ -454,9 +457,16 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             X_adv = self._perturb(module, X, y, sel)
             with self._autocast():
                 y_pred = module(X_adv).float()
-            loss = self.criterion_(y_pred, y)
-            terms["adv"] = loss.detach()
-            if self.clean_weight > 0:
+            objective = getattr(self.attacker_, "objective", None)
+            if objective is not None:  # the attacker brings its own loss (TRADES)
+                with self._autocast():
+                    logits_clean = module(X).float()
+                loss = objective(logits_clean, y_pred, y)
+                terms["adv"] = loss.detach()
+            else:
+                loss = self.criterion_(y_pred, y)
+                terms["adv"] = loss.detach()
+            if objective is None and self.clean_weight > 0:
                 with self._autocast():
                     logits_clean = module(X).float()
                 loss_clean = self.criterion_(logits_clean, y)

@@ -6,6 +6,8 @@ Every method uses the same model, optimiser, epochs and seed; only the component
 ``clean``               plain training
 ``fgsm_rs``             FGSM with random start, step 1.25 eps ("fast" adversarial training)
 ``pgd``                 PGD-k adversarial training (k = ``pgd_steps``, step 2.5 eps / k)
+``trades``              TRADES, beta = ``trades_beta`` (6), its KL attack with ``pgd_steps``
+                        steps (the same number of attack passes as ``pgd``)
 ``full``                FGSM-RS + LimeMasker (combined) + SpuriousGradientPenalty + closed loop
 ``no_mask``             ``full`` without the masked-input loss (mask_weight = 0)
 ``no_reg``              ``full`` without the regularizer
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-METHODS = ("clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop")
+METHODS = ("clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop")
 MODELS = ("digitsnet", "smallcnn", "preactresnet18")
 DATASETS = ("digits", "cifar10", "cifar100")
 
@@ -38,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     eps: float = 8 / 255
     pgd_steps: int = 7
+    trades_beta: float = 6.0
     top_k: int = 3
     criterion: str = "combined"
     reg_weight: float = 0.05
@@ -113,7 +116,7 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
     """The :class:`RobustAttributionClassifier` of ``cfg.method`` (see module docstring)."""
     import torch
 
-    from .attacks import FGSM, PGD
+    from .attacks import FGSM, PGD, TRADES
     from .estimator import RobustAttributionClassifier
     from .explainers import LimeExplainer
     from .maskers import LimeMasker
@@ -126,6 +129,8 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
     attacker = None
     if cfg.method == "pgd":
         attacker = PGD(eps=cfg.eps, steps=cfg.pgd_steps, random_state=s)
+    elif cfg.method == "trades":
+        attacker = TRADES(eps=cfg.eps, steps=cfg.pgd_steps, beta=cfg.trades_beta, random_state=s)
     elif cfg.method != "clean":
         attacker = FGSM(eps=cfg.eps, random_start=True, random_state=s)
     params = dict(

@@ -7,6 +7,9 @@ every epoch, so an interrupted campaign resumes where it stopped) followed by
 
     python benchmarks/cifar_experiments.py --methods clean fgsm_rs full --epochs 5
     python benchmarks/cifar_experiments.py --methods pgd no_mask no_reg no_loop --epochs 5 --seeds 0 1 2
+    # a grid point on a 10k-image subset: runs/cifar10_sub10k/full-rw5-s0
+    python benchmarks/cifar_experiments.py --out runs/cifar10_sub10k --methods full --tag rw5 \
+        --train-flags "--train-subset 10000 --reg-weight 5" --threads 1
 
 Defaults: SmallCNN, channels_last + bf16 autocast (docs/performance.md), eps = 8/255,
 1,000 test images for PGD-20 (2 restarts) and Square, CIFAR-10-C on the same 1,000 images.
@@ -14,8 +17,10 @@ Defaults: SmallCNN, channels_last + bf16 autocast (docs/performance.md), eps = 8
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -37,6 +42,26 @@ def run(cmd, log):
     return time.time() - t0
 
 
+def summarize(run_dir):
+    """One summary row from a run folder's history and evaluation report."""
+    with open(os.path.join(run_dir, "eval", "report.json")) as f:
+        rep = json.load(f)
+    with open(os.path.join(run_dir, "history.json")) as f:
+        hist = json.load(f)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = json.load(f)["config"]
+    rob = rep["robustness"]
+    return {
+        "run": os.path.basename(run_dir).rsplit("-s", 1)[0], "method": cfg["method"], "seed": cfg["seed"],
+        "epochs": len(hist), "config": cfg,
+        "train_seconds": sum(h.get("dur", 0.0) + h.get("refine_dur", 0.0) for h in hist),
+        "refine_seconds": sum(h.get("refine_dur", 0.0) for h in hist),
+        "clean": rob["clean_accuracy"], "pgd20": rob["pgd_accuracy"], "square": rob["square_accuracy"],
+        "autoattack": rob.get("autoattack_accuracy"),
+        "cifar10c_mean": (rep.get("corruptions") or {}).get("mean"),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop"])
@@ -49,21 +74,25 @@ def main():
     p.add_argument("--square-queries", type=int, default=1000)
     p.add_argument("--cifar10c", action="store_true", help="also CIFAR-10-C (15 x 5) on the n-test images")
     p.add_argument("--autoattack", action="store_true")
-    p.add_argument("--extra", nargs="*", default=[], help="extra 'attribshield train' flags")
+    p.add_argument("--train-flags", default="", help="extra 'attribshield train' flags, one string")
+    p.add_argument("--tag", default="", help="run folder suffix: <method>-<tag>-s<seed>")
+    p.add_argument("--threads", type=int, default=0, help="OMP/torch threads per process (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        ENV["OMP_NUM_THREADS"] = str(args.threads)
     if not os.path.exists(os.path.join(args.data_root, "cifar-10-batches-py")):
         subprocess.run([sys.executable, os.path.join(ROOT, "..", "shared", "data", "materialize.py"), args.data_root],
                        check=True)
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "campaign.log")
-    rows = []
     for seed in args.seeds:
         for method in args.methods:
-            run_dir = os.path.join(args.out, f"{method}-s{seed}")
+            name = f"{method}-{args.tag}" if args.tag else method
+            run_dir = os.path.join(args.out, f"{name}-s{seed}")
             train = [sys.executable, "-m", "attribshield", "train", "--dataset", "cifar10", "--data-root",
                      args.data_root, "--model", args.model, "--method", method, "--epochs", str(args.epochs),
                      "--seed", str(seed), "--channels-last", "--bf16", "--no-progress", "--out", run_dir,
-                     *args.extra]
+                     *shlex.split(args.train_flags)]
             run(train, log)
             ev = [sys.executable, "-m", "attribshield", "evaluate", "--model", run_dir, "--n-test", str(args.n_test),
                   "--steps", "20", "--restarts", "2", "--square-queries", str(args.square_queries),
@@ -74,28 +103,17 @@ def main():
                 ev.append("--autoattack")
             if not os.path.exists(os.path.join(run_dir, "eval", "report.json")):
                 run(ev, log)
-            with open(os.path.join(run_dir, "eval", "report.json")) as f:
-                rep = json.load(f)
-            with open(os.path.join(run_dir, "history.json")) as f:
-                hist = json.load(f)
-            rob = rep["robustness"]
-            row = {
-                "method": method, "seed": seed, "epochs": len(hist),
-                "train_seconds": sum(h.get("dur", 0.0) + h.get("refine_dur", 0.0) for h in hist),
-                "refine_seconds": sum(h.get("refine_dur", 0.0) for h in hist),
-                "clean": rob["clean_accuracy"], "pgd20": rob["pgd_accuracy"], "square": rob["square_accuracy"],
-                "autoattack": rob.get("autoattack_accuracy"),
-                "cifar10c_mean": (rep.get("corruptions") or {}).get("mean"),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(summarize(run_dir)), flush=True)
+    # the summary covers every evaluated run in the folder, not only this invocation's
+    rows = [summarize(os.path.dirname(os.path.dirname(r)))
+            for r in sorted(glob.glob(os.path.join(args.out, "*", "eval", "report.json")))]
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(rows, f, indent=2)
-    lines = ["| method | seed | epochs | clean | PGD-20 | Square | AutoAttack | CIFAR-10-C mean | train s | refine s |",
+    lines = ["| run | seed | epochs | clean | PGD-20 | Square | AutoAttack | CIFAR-10-C mean | train s | refine s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     for r in rows:
-        lines.append(f"| {r['method']} | {r['seed']} | {r['epochs']} | {fmt(r['clean'])} | {fmt(r['pgd20'])} | "
+        lines.append(f"| {r['run']} | {r['seed']} | {r['epochs']} | {fmt(r['clean'])} | {fmt(r['pgd20'])} | "
                      f"{fmt(r['square'])} | {fmt(r['autoattack'])} | {fmt(r['cifar10c_mean'])} | "
                      f"{r['train_seconds']:.0f} | {r['refine_seconds']:.0f} |")
     with open(os.path.join(args.out, "summary.md"), "w") as f:

@@ -78,17 +78,20 @@ def test_evaluate_rejects_a_folder_without_run(tmp_path):
         main(["evaluate", "--model", str(tmp_path)])
 
 
-@pytest.mark.parametrize("method", ["clean", "fgsm_rs", "pgd", "full", "no_mask", "no_reg", "no_loop"])
+@pytest.mark.parametrize("method", ["clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop"])
 def test_presets_build_the_right_components(method):
     clf = build_estimator(TrainConfig(method=method))
     assert (clf.attacker is None) == (method == "clean")
-    assert (clf.masker is None) == (method in ("clean", "fgsm_rs", "pgd"))
+    assert (clf.masker is None) == (method in ("clean", "fgsm_rs", "pgd", "trades"))
+    assert hasattr(clf.attacker, "objective") == (method == "trades")
     if method == "no_mask":
         assert clf.mask_weight == 0
     if method == "no_reg":
         assert clf.regularizer is None
-    if method == "pgd":
+    if method in ("pgd", "trades"):
         assert clf.attacker.steps == 7
+    if method == "trades":
+        assert clf.attacker.beta == 6.0
 
 
 def test_cifar100_pipeline_on_written_files(tmp_path, capsys):
