@@ -20,6 +20,7 @@ from attribshield.explainers import (
     SlicSegmenter,
     draw_masks,
     fill_segments,
+    fuse_conv_bn,
     lime_kernel,
     segment_means,
     weighted_ridge,
@@ -237,6 +238,44 @@ def test_accepts_fitted_estimator_and_int_target():
     assert attr.target.tolist() == [2, 2]
     attr = LimeExplainer(n_samples=16, random_state=0).explain(Est(), X.numpy(), target=np.array([1, 0]))
     assert attr.target.tolist() == [1, 0]
+
+
+def _bn_cnn():
+    from attribshield.models import SmallCNN
+
+    torch.manual_seed(0)
+    m = SmallCNN(num_classes=4, width=4)
+    for mod in m.modules():  # non-trivial running statistics, so folding has work to do
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    return m
+
+
+def test_fuse_conv_bn_is_the_same_function_and_leaves_the_module_alone():
+    m = _bn_cnn().train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    f = fuse_conv_bn(m, channels_last=True)
+    assert m.training and sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 6
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in f.modules()) == 0
+    assert not f.training
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(f(x), m.eval()(x), atol=1e-5, rtol=1e-4)
+    # a module without Conv2d -> BatchNorm2d pairs is copied unchanged
+    pre = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 2, 3))
+    assert isinstance(fuse_conv_bn(pre)[0], torch.nn.BatchNorm2d)
+
+
+def test_fuse_bn_explanations_match_the_unfused_ones():
+    m = _bn_cnn()
+    X = torch.rand(2, 3, 32, 32)
+    a = LimeExplainer(n_samples=64, sampling="foldover", random_state=0).explain(m, X)
+    b = LimeExplainer(n_samples=64, sampling="foldover", fuse_bn=True, random_state=0).explain(m, X)
+    torch.testing.assert_close(a.weights, b.weights, atol=1e-5, rtol=1e-3)
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 6
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)

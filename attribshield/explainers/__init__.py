@@ -1,6 +1,7 @@
 """Explainers: batched LIME, the ``lime`` reference adapter and segmenters."""
 from ._sampling import SAMPLINGS, draw_masks
-from .lime import Attribution, LimeExplainer, fill_segments, lime_kernel, segment_means, weighted_ridge
+from .lime import (Attribution, LimeExplainer, fill_segments, fuse_conv_bn, lime_kernel, segment_means,
+                   weighted_ridge)
 from .reference import LimeReferenceExplainer
 from .segmentation import GridSegmenter, QuickshiftSegmenter, SlicSegmenter, default_segmenter
 
@@ -15,6 +16,7 @@ __all__ = [
     "fill_segments",
     "segment_means",
     "lime_kernel",
+    "fuse_conv_bn",
     "weighted_ridge",
     "draw_masks",
     "SAMPLINGS",

@@ -29,6 +29,7 @@ __all__ = [
     "fill_segments",
     "segment_means",
     "lime_kernel",
+    "fuse_conv_bn",
     "weighted_ridge",
 ]
 
@@ -364,6 +365,56 @@ def _is_int(v) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
 
+def fuse_conv_bn(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+    """An eval-mode copy of ``module`` with each ``Conv2d -> BatchNorm2d`` pair folded.
+
+    Pairs are found inside ``nn.Sequential`` containers (at any depth): a ``Conv2d``
+    immediately followed by a ``BatchNorm2d`` with running statistics becomes one ``Conv2d``
+    whose weights and bias absorb the normalisation, and the ``BatchNorm2d`` becomes
+    ``nn.Identity``.  The result computes the same function as ``module.eval()`` up to
+    float rounding.  ``module`` itself is not modified.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    channels_last : bool, default=False
+        Also store the copy's 4-D parameters in ``torch.channels_last`` format.
+
+    Returns
+    -------
+    torch.nn.Module
+        The folded copy, in eval mode.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from attribshield.models import SmallCNN
+    >>> m = SmallCNN().eval()
+    >>> f = fuse_conv_bn(m)
+    >>> x = torch.rand(2, 3, 32, 32)
+    >>> torch.allclose(m(x), f(x), atol=1e-4)
+    True
+    >>> sum(isinstance(l, torch.nn.BatchNorm2d) for l in f.modules())
+    0
+    """
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(module).eval()
+    for seq in [m for m in fused.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d
+                    and bn.track_running_stats and bn.running_mean is not None):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = torch.nn.Identity()
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused
+
+
 # --------------------------------------------------------------------------- explainer
 class LimeExplainer(Component):
     """Batched LIME (``lime_image`` math) for image classifiers returning logits.
@@ -407,6 +458,13 @@ class LimeExplainer(Component):
     autocast : {None, "bf16", "fp16"}, default=None
         Run the forward passes under ``torch.autocast`` with this dtype (probabilities then
         move by up to a few 1e-2; see ``docs/performance.md``).
+    fuse_bn : bool, default=False
+        Explain with a copy of the module in which every ``Conv2d`` directly followed by a
+        ``BatchNorm2d`` (inside an ``nn.Sequential``) is folded into one convolution: the
+        same function in eval mode up to float rounding, one memory pass less per layer
+        (1.10x forward throughput for ``SmallCNN`` with channels_last + bf16, measured in
+        ``docs/performance.md``).  Modules without such pairs (e.g. pre-activation ResNets)
+        are used as they are.  The caller's module is never modified.
     random_state : None, int or generator, default=None
         Seeds the masks (see :func:`attribshield.base.make_generator`).
 
@@ -432,6 +490,7 @@ class LimeExplainer(Component):
         batch_size=256,
         channels_last=False,
         autocast=None,
+        fuse_bn=False,
         random_state=None,
     ):
         self.n_samples = n_samples
@@ -445,6 +504,7 @@ class LimeExplainer(Component):
         self.batch_size = batch_size
         self.channels_last = channels_last
         self.autocast = autocast
+        self.fuse_bn = fuse_bn
         self.random_state = random_state
 
     # ----------------------------------------------------------------- validation
@@ -605,6 +665,8 @@ class LimeExplainer(Component):
         device = _module_device(module, X)
         X = X.to(device=device, dtype=_module_dtype(module, X))
         out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        if self.fuse_bn:
+            module = fuse_conv_bn(module, channels_last=bool(self.channels_last))
         with eval_mode(module), torch.no_grad():
             # one pass on the clean images: validates the input and gives the classes
             try:
