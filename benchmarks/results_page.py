@@ -3,7 +3,10 @@
     python benchmarks/results_page.py [--runs runs/cifar10] > /tmp/tables.md
 
 Reads each ``<run>/history.json`` and ``<run>/eval/report.json``; prints the main table
-(accuracy under each attack, CIFAR-10-C mean, median epoch time) and the per-corruption table.
+(accuracy under each attack, CIFAR-10-C mean, median epoch time), the mean and spread over
+seeds of each run name (``<name>-s<seed>``), the AutoAttack / lower-bound table of the runs that
+have an ``eval_aa1000/report.json`` (``attribshield evaluate --autoattack --bounds --n-test 1000``)
+and the per-corruption table.
 """
 from __future__ import annotations
 
@@ -46,6 +49,8 @@ def main():
         c = "-" if r[6] is None else f"{r[6]:.3f}"
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | {c} | {r[7]:.0f} | "
               f"{r[8]:.0f} | {'yes' if r[9] else 'no'} |")
+    seeds_table(rows)
+    strong_attacks_table(args.runs)
     if cor:
         names = list(next(iter(cor.values())).keys())
         print()
@@ -57,6 +62,52 @@ def main():
         plot(curves, cor, args.plots)
         if args.explain:
             explanations(args.runs, args.explain, args.plots)
+
+
+def seeds_table(rows):
+    """Mean and spread (min-max) over the seeds of each run name with more than one seed."""
+    groups = {}
+    for r in rows:
+        base, _, seed = r[0].rpartition("-s")
+        if seed.isdigit():
+            groups.setdefault(base, []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return
+    print()
+    print("| run | seeds | clean | PGD-20 | CIFAR-10-C mean |")
+    print("|---|---|---|---|---|")
+
+    def cell(vals):
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return "-"
+        return f"{statistics.mean(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})"
+
+    for base, rs in sorted(groups.items()):
+        print(f"| {base} | {len(rs)} | {cell([r[2] for r in rs])} | {cell([r[3] for r in rs])} | "
+              f"{cell([r[6] for r in rs])} |")
+
+
+def strong_attacks_table(runs_dir, folder="eval_aa1000"):
+    """AutoAttack and the attribution-aware lower bound, for runs evaluated on 1,000 images."""
+    out = []
+    for name in sorted(os.listdir(runs_dir)):
+        path = os.path.join(runs_dir, name, folder, "report.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rep = json.load(f)
+        rob, bd = rep["robustness"], rep.get("bounds") or {}
+        aa, vr = rob.get("autoattack_accuracy"), bd.get("violation_rate")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        out.append(f"| {name} | {rob['n_samples']} | {rob['clean_accuracy']:.3f} | {rob['pgd_accuracy']:.3f} | "
+                   f"{fmt(aa)} | {fmt(vr)} | {len(bd.get('bound', []))} |")
+    if out:
+        print()
+        print("| run | images | clean | PGD-20 | AutoAttack (standard) | bound violation rate | bound points |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(out))
 
 
 def explanations(runs_dir, names, out, n=8):
