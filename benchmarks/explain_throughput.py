@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from attribshield.explainers import GridSegmenter, LimeExplainer, LimeReferenceExplainer  # noqa: E402
+from attribshield.explainers import GridSegmenter, LimeExplainer, LimeReferenceExplainer, fuse_conv_bn  # noqa: E402
 from lime_fidelity import load_cifar, spearman, trained_small_cnn, tune_allocator  # noqa: E402
 
 
@@ -137,11 +137,13 @@ def bench_model(name, model, X, n_lime_images, rows, extra):
             ("ours fp32", {}),
             ("ours channels_last", dict(channels_last=True)),
             ("ours channels_last+bf16", dict(channels_last=True, autocast="bf16")),
+            ("ours channels_last+bf16+fuse_bn", dict(channels_last=True, autocast="bf16", fuse_bn=True)),
         ]:
             ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, **kw)
             t, attr = timed(lambda: ex.explain(model, X, target, segments=seg), repeats=2)
             t_fwd = min(
-                bare_forward(model, X, P, channels_last=kw.get("channels_last", False), bf16="autocast" in kw)
+                bare_forward(fuse_conv_bn(model, channels_last=True) if kw.get("fuse_bn") else model, X, P,
+                             channels_last=kw.get("channels_last", False), bf16="autocast" in kw)
                 for _ in range(2)
             )
             rows.append((name, label, P, n / t, t_fwd / t))
@@ -155,9 +157,12 @@ def bench_model(name, model, X, n_lime_images, rows, extra):
     for design, P in equal_fidelity_sizes().items():
         if P is None:
             continue
-        ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, channels_last=True, autocast="bf16", **_DESIGN_KW[design])
-        t, _ = timed(lambda: ex.explain(model, X, target, segments=seg), repeats=2)
-        rows.append((name, f"ours {design}, channels_last+bf16 (= lime@1000 fidelity)", P, n / t))
+        for fuse in (False, True):
+            ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, channels_last=True, autocast="bf16",
+                               fuse_bn=fuse, **_DESIGN_KW[design])
+            t, _ = timed(lambda: ex.explain(model, X, target, segments=seg), repeats=2)
+            label = "channels_last+bf16" + ("+fuse_bn" if fuse else "")
+            rows.append((name, f"ours {design}, {label} (= lime@1000 fidelity)", P, n / t))
 
 
 def memory_child(n_images, n_samples):
