@@ -101,7 +101,7 @@ def _cmd_evaluate(args):
     res = evaluate_model(clf.module_, X, y, eps=eps, norm=args.norm, autoattack=args.autoattack,
                          cifar10c=True if args.cifar10c else None, out_dir=out, n_classes=n_classes,
                          bounds=args.bounds, steps=args.steps, restarts=args.restarts,
-                         n_queries=args.square_queries, progress=True)
+                         n_queries=args.square_queries, stability=args.stability, progress=True)
     summary = {}
     for section in res.values():
         if isinstance(section, dict):
@@ -188,6 +188,8 @@ def build_parser():
     p.add_argument("--cifar10c", action="store_true", help="also the 15 corruptions x 5 severities")
     p.add_argument("--autoattack", action="store_true", help="also torchattacks' AutoAttack (slow)")
     p.add_argument("--bounds", action="store_true", help="also the lower bound and its violation rate")
+    p.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also LIME attribution stability under PGD on the first N images (default: off)")
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.set_defaults(func=_cmd_evaluate)
 

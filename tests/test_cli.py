@@ -46,9 +46,10 @@ def test_train_writes_resumable_run(run_dir, capsys):
 def test_evaluate_writes_report(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(run_dir), "--n-test", "20", "--steps", "2", "--restarts", "1",
-                 "--square-queries", "20", "--out", str(out)]) == 0
+                 "--square-queries", "20", "--stability", "4", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     acc = report["robustness"]["clean_accuracy"]
+    assert len(report["stability"]["spearman"]) == 4
     assert 0.0 <= report["robustness"]["pgd_accuracy"] <= acc <= 1.0
     assert (out / "report.md").exists()
     assert '"clean_accuracy"' in capsys.readouterr().out

@@ -314,8 +314,11 @@ def test_evaluate_model_end_to_end(tmp_path):
     X = _data(6)
     y = _labels_from(model, X)
     res = evaluate_model(model, X, y, eps=0.05, norm="L2", out_dir=tmp_path, steps=3, restarts=1, n_queries=20,
-                         bounds=True, n_bound=4, bound_radius=0.5)
-    assert set(res) >= {"robustness", "bounds", "paths"}
+                         bounds=True, n_bound=4, bound_radius=0.5, stability=3)
+    assert set(res) >= {"robustness", "bounds", "stability", "paths"}
+    assert res["stability"]["topk_intersection"].shape == (3,)
+    assert 0 <= res["stability"]["mean_topk_intersection"] <= 1
+    assert "Attribution stability" in (tmp_path / "report.md").read_text()
     assert res["bounds"]["bound"].shape == (4,)
     assert res["bounds"]["violation_rate"] == 0.0  # linear model: the bound holds
     assert (tmp_path / "report.json").exists() and (tmp_path / "bound_vs_distortion.png").exists()

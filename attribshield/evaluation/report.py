@@ -214,7 +214,8 @@ def write_report(results: dict, out_dir) -> dict:
 
 def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=None, out_dir=None,
                    n_classes=10, steps=50, restarts=5, n_queries=1000, bounds=False, spurious_mask=None,
-                   bound_radius=None, n_bound=64, random_state=0, batch_size=256, progress=False):
+                   bound_radius=None, n_bound=64, stability=0, random_state=0, batch_size=256,
+                   progress=False):
     """Run the evaluation suite on ``model`` and optionally write the report.
 
     Parameters
@@ -248,14 +249,18 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     bound_radius : float, optional
         Ball radius for the bound; default ``4 * eps``.
     n_bound : int, default=64
+    stability : int, default=0
+        Also compare LIME explanations (500 foldover samples, true class) of the first
+        ``stability`` images with those of their PGD adversarial examples
+        (:func:`attribution_stability`: top-3 overlap and Spearman); 0 skips it.
     random_state : int, default=0
     batch_size : int, default=256
 
     Returns
     -------
     results : dict
-        ``robustness`` (see :func:`robustness_report`), and ``corruptions`` / ``bounds`` when
-        requested; ``paths`` (from :func:`write_report`) when ``out_dir`` is given.
+        ``robustness`` (see :func:`robustness_report`), and ``corruptions`` / ``bounds`` /
+        ``stability`` when requested; ``paths`` (from :func:`write_report`) when ``out_dir`` is given.
     """
     from .._validation import check_images, check_labels
     from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
@@ -299,6 +304,16 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         lb["distortion"] = md["distortion"]
         lb["violation_rate"] = bound_violation_rate(lb["bound"], md["distortion"])
         results["bounds"] = lb
+    if stability:
+        from ..attacks import PGD
+        from ..explainers import LimeExplainer
+        from .stability import attribution_stability
+
+        m = min(int(stability), len(Xt))
+        say(f"attribution stability on {m} images (LIME 500 foldover samples, PGD-{steps})")
+        results["stability"] = attribution_stability(
+            model, Xt[:m], yt[:m], PGD(eps=eps, norm=norm, steps=steps, random_state=random_state),
+            LimeExplainer(n_samples=500, sampling="foldover", random_state=random_state), batch_size=batch_size)
     if out_dir is not None:
         results["paths"] = {k: (str(v) if not isinstance(v, list) else [str(p) for p in v])
                             for k, v in write_report(results, out_dir).items()}
