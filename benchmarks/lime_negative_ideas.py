@@ -84,7 +84,7 @@ def main(argv=None):
                                              target[a:a + 8]) for a in range(0, n, 8)])
 
     # 1. kernel importance sampling against lime and foldover
-    sizes = (50, 100, 200, 500)
+    sizes = (100, 200, 500)
     table1 = {}
     for name in ("lime", "foldover", "kernel", "kernel q~p*w^0.5", "kernel balanced"):
         table1[name] = {}
