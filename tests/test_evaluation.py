@@ -319,6 +319,8 @@ def test_evaluate_model_end_to_end(tmp_path):
     assert res["stability"]["topk_intersection"].shape == (3,)
     assert 0 <= res["stability"]["mean_topk_intersection"] <= 1
     assert "Attribution stability" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="stability"):
+        evaluate_model(model, X, y, eps=0.05, stability=-1)
     assert res["bounds"]["bound"].shape == (4,)
     assert res["bounds"]["violation_rate"] == 0.0  # linear model: the bound holds
     assert (tmp_path / "report.json").exists() and (tmp_path / "bound_vs_distortion.png").exists()

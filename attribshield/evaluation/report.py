@@ -267,6 +267,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     from .corruptions import corruption_accuracy
     from .robust import robustness_report
 
+    if isinstance(stability, bool) or not isinstance(stability, (int, np.integer)) or stability < 0:
+        raise ValueError(f"stability must be an integer >= 0 (images to compare), got {stability!r}")
     Xt = check_images(X)
     yt = check_labels(y, Xt.shape[0])
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
