@@ -21,6 +21,8 @@ from attribshield.explainers import (
     draw_masks,
     fill_segments,
     fuse_conv_bn,
+    int8_available,
+    quantize_int8,
     lime_kernel,
     segment_means,
     weighted_ridge,
@@ -276,6 +278,102 @@ def test_fuse_bn_explanations_match_the_unfused_ones():
     b = LimeExplainer(n_samples=64, sampling="foldover", fuse_bn=True, random_state=0).explain(m, X)
     torch.testing.assert_close(a.weights, b.weights, atol=1e-5, rtol=1e-3)
     assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 6
+
+
+def _quantizable_segment_model(v):
+    """Conv (2x2 cell means) -> ReLU -> Linear: class 1's logit is ``sum_j v_j * mean_j``,
+    built from layers ``torch.ao`` quantizes (grid 4x4 on 8x8, 1 channel)."""
+    conv = torch.nn.Conv2d(1, 1, 2, stride=2)
+    lin = torch.nn.Linear(16, 2)
+    with torch.no_grad():
+        conv.weight.fill_(0.25)
+        conv.bias.zero_()
+        lin.weight.copy_(torch.stack([torch.zeros(16), torch.as_tensor(v, dtype=torch.float32)]))
+        lin.bias.zero_()
+    return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten(), lin).eval()
+
+
+needs_int8 = pytest.mark.skipif(not int8_available(), reason="no int8 CPU backend in this torch build")
+
+
+@needs_int8
+def test_quantize_int8_approximates_the_model_and_leaves_it_alone():
+    m = _bn_cnn().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = torch.rand(64, 3, 32, 32)
+    q = quantize_int8(m, x)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    with torch.no_grad():
+        p, pq = m(x).softmax(1), q(x).softmax(1)
+    assert pq.shape == p.shape and pq.dtype == torch.float32
+    assert (p - pq).abs().max() < 0.1
+    assert (p.argmax(1) == pq.argmax(1)).float().mean() > 0.8
+
+
+@needs_int8
+def test_int8_explanations_keep_signs_and_agree_with_float():
+    v = torch.linspace(-3, 3, 16)
+    model = _quantizable_segment_model(v)
+    X = torch.rand(3, 1, 8, 8) * 0.5 + 0.25
+    masks = draw_masks(1, 300, 16, method="foldover", generator=torch.Generator().manual_seed(0))
+    # a constant fill (a mean fill would leave every cell mean, hence the model, unchanged)
+    a = LimeExplainer(fill=0.0).explain(model, X, target=1, samples=masks)
+    b = LimeExplainer(fill=0.0, quantize="int8").explain(model, X, target=1, samples=masks)
+    strong = v.abs() > 0.5
+    assert torch.equal(torch.sign(b.weights[:, strong]), torch.sign(v[strong]).expand(3, -1))
+    assert torch.corrcoef(torch.stack([a.weights.flatten(), b.weights.flatten()]))[0, 1] > 0.99
+    assert torch.equal(a.target, b.target)
+
+
+@needs_int8
+def test_int8_copy_is_cached_until_the_weights_change():
+    model = _quantizable_segment_model(torch.linspace(-3, 3, 16))
+    X = torch.rand(2, 1, 8, 8)
+    e = LimeExplainer(n_samples=64, fill=0.0, quantize="int8", random_state=0)
+    w1 = e.explain(model, X, target=1).weights
+    q1 = e._int8_cache[2]
+    w2 = e.explain(model, X, target=1).weights
+    assert e._int8_cache[2] is q1
+    torch.testing.assert_close(w1, w2)  # a cache hit draws the same masks as the miss
+    with torch.no_grad():
+        model[3].weight.mul_(-1.0)  # in place, as an optimizer step would
+    w3 = e.explain(model, X, target=1).weights
+    assert e._int8_cache[2] is not q1
+    assert (torch.sign(w3[:, [0, 15]]) == -torch.sign(w1[:, [0, 15]])).all()
+    import pickle
+
+    e2 = pickle.loads(pickle.dumps(e))  # the cache (a weak reference) is not pickled
+    assert "_int8_cache" not in e2.__dict__ and e2.quantize == "int8"
+
+
+class _Untraceable(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+            return self.lin(x.flatten(1))
+        return -self.lin(x.flatten(1))
+
+
+def test_quantize_bad_options_are_value_errors():
+    X = torch.rand(2, 1, 8, 8)
+    model = _quantizable_segment_model(torch.ones(16))
+    with pytest.raises(ValueError, match="quantize"):
+        LimeExplainer(n_samples=8, quantize="int4").explain(model, X)
+    with pytest.raises(ValueError, match="autocast"):
+        LimeExplainer(n_samples=8, quantize="int8", autocast="bf16").explain(model, X)
+    if int8_available():
+        with pytest.raises(ValueError, match="traced"):
+            LimeExplainer(n_samples=8, quantize="int8").explain(_Untraceable(), X)
+
+
+@pytest.mark.cuda
+def test_quantize_on_cuda_is_a_value_error():
+    model = _quantizable_segment_model(torch.ones(16)).cuda()
+    with pytest.raises(ValueError, match="CPU only"):
+        LimeExplainer(n_samples=8, quantize="int8").explain(model, torch.rand(2, 1, 8, 8))
 
 
 @pytest.mark.parametrize("sampling", SAMPLINGS)

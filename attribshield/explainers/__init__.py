@@ -2,6 +2,7 @@
 from ._sampling import SAMPLINGS, draw_masks
 from .lime import (Attribution, LimeExplainer, fill_segments, fuse_conv_bn, lime_kernel, segment_means,
                    weighted_ridge)
+from ._quantize import int8_available, quantize_int8
 from .reference import LimeReferenceExplainer
 from .segmentation import GridSegmenter, QuickshiftSegmenter, SlicSegmenter, default_segmenter
 
@@ -17,6 +18,8 @@ __all__ = [
     "segment_means",
     "lime_kernel",
     "fuse_conv_bn",
+    "quantize_int8",
+    "int8_available",
     "weighted_ridge",
     "draw_masks",
     "SAMPLINGS",

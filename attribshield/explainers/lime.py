@@ -465,6 +465,15 @@ class LimeExplainer(Component):
         (1.10x forward throughput for ``SmallCNN`` with channels_last + bf16, measured in
         ``docs/performance.md``).  Modules without such pairs (e.g. pre-activation ResNets)
         are used as they are.  The caller's module is never modified.
+    quantize : {None, "int8"}, default=None
+        ``"int8"`` runs the perturbed forward passes on a statically quantized int8 copy of
+        the module (CPU only; see :func:`attribshield.explainers.quantize_int8`), calibrated
+        on perturbed copies of the first images explained after the module's weights last
+        changed (the copy is cached until they change again).  The target class is still
+        the float model's prediction.  About 1.9x the forward throughput of channels_last +
+        bf16 for ``SmallCNN`` on an AVX-512 VNNI CPU; what it does to the weights is measured
+        in ``docs/performance.md``.  Cannot be combined with ``autocast``; the module must be
+        traceable by ``torch.fx``.
     random_state : None, int or generator, default=None
         Seeds the masks (see :func:`attribshield.base.make_generator`).
 
@@ -491,6 +500,7 @@ class LimeExplainer(Component):
         channels_last=False,
         autocast=None,
         fuse_bn=False,
+        quantize=None,
         random_state=None,
     ):
         self.n_samples = n_samples
@@ -505,7 +515,13 @@ class LimeExplainer(Component):
         self.channels_last = channels_last
         self.autocast = autocast
         self.fuse_bn = fuse_bn
+        self.quantize = quantize
         self.random_state = random_state
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_int8_cache", None)  # a weak reference and a derived module: rebuilt on use
+        return state
 
     # ----------------------------------------------------------------- validation
     def _validate_params(self) -> None:
@@ -528,6 +544,10 @@ class LimeExplainer(Component):
             raise ValueError(f"cv_samples must be an integer >= 2, got {self.cv_samples!r}")
         if self.autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}")
+        if self.quantize not in (None, "int8"):
+            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        if self.quantize is not None and self.autocast is not None:
+            raise ValueError("quantize='int8' cannot be combined with autocast (the int8 copy has its own arithmetic)")
         if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
             raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
 
@@ -627,6 +647,29 @@ class LimeExplainer(Component):
         return coef, icpt
 
 
+    def _int8_module(self, module, X, fimg, seg):
+        """The cached int8 copy of ``module``, rebuilt when its weights or buffers changed."""
+        import weakref
+
+        from ._quantize import quantize_int8
+
+        key = tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
+        cache = self.__dict__.get("_int8_cache")
+        if cache is not None and cache[0]() is module and cache[1] == key:
+            return cache[2]
+        # calibration: up to 64 images x 4 masks (the first keeping every segment)
+        m = min(X.shape[0], 64)
+        s = int(seg[:m].max()) + 1
+        # a fixed stream, so that a cache hit or miss never shifts the explanation's masks
+        gen = torch.Generator(device=X.device).manual_seed(0)
+        keep = draw_masks(m, 4, s, method="lime", generator=gen, device=X.device)
+        kp = torch.gather(keep.reshape(m * 4, s), 1, seg[:m].reshape(m, -1).repeat_interleave(4, 0))
+        kp = kp.reshape(-1, 1, *X.shape[2:])
+        calib = torch.where(kp, X[:m].repeat_interleave(4, 0), fimg[:m].repeat_interleave(4, 0))
+        q = quantize_int8(module, calib)
+        self.__dict__["_int8_cache"] = (weakref.ref(module), key, q)
+        return q
+
     # ----------------------------------------------------------------- public
     def explain(self, model, X, target=None, *, segments=None, samples=None) -> Attribution:
         """Explain the predictions of ``model`` on ``X``.
@@ -665,7 +708,9 @@ class LimeExplainer(Component):
         device = _module_device(module, X)
         X = X.to(device=device, dtype=_module_dtype(module, X))
         out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
-        if self.fuse_bn:
+        if self.quantize is not None and device.type != "cpu":
+            raise ValueError(f"quantize='int8' runs on the CPU only; the module is on {device}")
+        if self.fuse_bn and self.quantize is None:
             module = fuse_conv_bn(module, channels_last=bool(self.channels_last))
         with eval_mode(module), torch.no_grad():
             # one pass on the clean images: validates the input and gives the classes
@@ -725,6 +770,9 @@ class LimeExplainer(Component):
             generator = make_generator(self.random_state, device)
 
             fimg = _fill_image(X, seg, self.fill)
+            sample_module = module
+            if self.quantize is not None:
+                sample_module = self._int8_module(module, X, fimg, seg)
             p = keep_all.shape[1] if samples is not None else int(self.n_samples)
             chunk = max(1, _SAMPLES_PER_CHUNK // (p * max(1, s_max // 16)))
             coefs, intercepts, scores = [], [], []
@@ -736,13 +784,13 @@ class LimeExplainer(Component):
                     keep = draw_masks(b - a, p, s_max, method=self.sampling, generator=generator, device=device)
                 keep = keep | ~valid[a:b, None]
                 if self.control_variate:
-                    logits = self._sample_outputs(module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b], True)
+                    logits = self._sample_outputs(sample_module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b], True)
                     sw = lime_kernel(keep, valid[a:b], float(self.kernel_width))
                     y = torch.softmax(logits.double(), 2).gather(2, target[a:b, None, None].expand(-1, keep.shape[1], 1))[..., 0]
                     coef, icpt = self._logit_control_variate(keep, logits, sw, valid[a:b], target[a:b], generator)
                     score = _r2(keep, y, sw, valid[a:b], coef, icpt)
                 else:
-                    y = self._sample_outputs(module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b])
+                    y = self._sample_outputs(sample_module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b])
                     sw = lime_kernel(keep, valid[a:b], float(self.kernel_width))
                     coef, icpt, score = weighted_ridge(keep, y, sw, valid[a:b], float(self.alpha))
                 coefs.append(coef)
