@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from attribshield.explainers import GridSegmenter, LimeExplainer, LimeReferenceExplainer, fuse_conv_bn  # noqa: E402
-from lime_fidelity import load_cifar, spearman, trained_small_cnn, tune_allocator  # noqa: E402
+from lime_fidelity import METHODS, load_cifar, spearman, trained_small_cnn, tune_allocator  # noqa: E402
 
 
 def timed(fn, repeats=2):
@@ -91,12 +91,17 @@ def captum_time(model, X, seg, target, n_samples):
 
 def equal_fidelity_sizes():
     """Smallest sample count per design whose fidelity reaches lime's at 1,000 samples
-    (linear interpolation of the measured curve)."""
-    path = REPO / "runs" / "benchmarks" / "lime_fidelity.json"
+    (linear interpolation of the measured curve).  Reads ``lime_fidelity.json`` (which holds
+    ``lime``'s own curve, the goal) and any ``lime_fidelity_*.json`` with more designs
+    measured against the same cached reference."""
+    out = REPO / "runs" / "benchmarks"
+    path = out / "lime_fidelity.json"
     if not path.exists():
         return {}
     res = json.loads(path.read_text())["results"]
     goal = res["lime (iid)"]["1000"]
+    for extra in sorted(out.glob("lime_fidelity_*.json")):
+        res.update(json.loads(extra.read_text())["results"])
     sizes = {}
     for name, row in res.items():
         pts = sorted((int(n), v) for n, v in row.items())
@@ -112,13 +117,7 @@ def equal_fidelity_sizes():
     return sizes
 
 
-_DESIGN_KW = {
-    "lime (iid)": dict(sampling="lime"),
-    "antithetic": dict(sampling="antithetic"),
-    "foldover": dict(sampling="foldover"),
-    "lime + logit CV": dict(sampling="lime", control_variate="logit"),
-    "foldover + logit CV": dict(sampling="foldover", control_variate="logit"),
-}
+_DESIGN_KW = METHODS  # the rows of lime_fidelity.py
 
 
 def bench_model(name, model, X, n_lime_images, rows, extra):
@@ -142,31 +141,45 @@ def bench_model(name, model, X, n_lime_images, rows, extra):
             ("ours channels_last", dict(channels_last=True)),
             ("ours channels_last+bf16", dict(channels_last=True, autocast="bf16")),
             ("ours channels_last+bf16+fuse_bn", dict(channels_last=True, autocast="bf16", fuse_bn=True)),
+            ("ours int8", dict(quantize="int8")),
         ]:
             ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, **kw)
+            t0 = time.perf_counter()
             t, attr = timed(lambda: ex.explain(model, X, target, segments=seg), repeats=2)
+            if kw.get("quantize"):  # the first call also calibrated and converted the int8 copy
+                extra.setdefault(name, {})[f"int8 first call extra s P={P}"] = (time.perf_counter() - t0) - 2 * t
+                fmodel = ex._int8_cache[2]
+            elif kw.get("fuse_bn"):
+                fmodel = fuse_conv_bn(model, channels_last=True)
+            else:
+                fmodel = model
             t_fwd = min(
-                bare_forward(fuse_conv_bn(model, channels_last=True) if kw.get("fuse_bn") else model, X, P,
-                             channels_last=kw.get("channels_last", False), bf16="autocast" in kw)
+                bare_forward(fmodel, X, P, channels_last=kw.get("channels_last", False), bf16="autocast" in kw)
                 for _ in range(2)
             )
             rows.append((name, label, P, n / t, t_fwd / t))
             extra.setdefault(name, {})[f"{label} P={P}"] = dict(images_per_s=n / t, forward_share=t_fwd / t)
             if label == "ours fp32":
                 w32 = attr.weights
-            if label == "ours channels_last+bf16":
+            if label in ("ours channels_last+bf16", "ours int8"):
                 rho = spearman(attr.weights, w32)
-                extra[name][f"bf16 vs fp32 spearman P={P}"] = dict(median=float(rho.median()), min=float(rho.min()))
+                extra[name][f"{label[5:]} vs fp32 spearman P={P}"] = dict(median=float(rho.median()), min=float(rho.min()))
     # at lime's 1000-sample fidelity
     for design, P in equal_fidelity_sizes().items():
         if P is None:
             continue
-        for fuse in (False, True):
-            ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, channels_last=True, autocast="bf16",
-                               fuse_bn=fuse, **_DESIGN_KW[design])
+        kw = _DESIGN_KW.get(design)
+        if kw is None:
+            continue
+        if "quantize" in kw or "autocast" in kw:  # measured with its own arithmetic: time it as is
+            variants = [("", dict(kw))]
+        else:  # a design measured in fp32: timed with the fast float arithmetic (bf16 keeps the weights)
+            variants = [(", channels_last+bf16" + ("+fuse_bn" if fuse else ""),
+                         dict(kw, channels_last=True, autocast="bf16", fuse_bn=fuse)) for fuse in (False, True)]
+        for suffix, kwv in variants:
+            ex = LimeExplainer(n_samples=P, batch_size=256, random_state=0, **kwv)
             t, _ = timed(lambda: ex.explain(model, X, target, segments=seg), repeats=2)
-            label = "channels_last+bf16" + ("+fuse_bn" if fuse else "")
-            rows.append((name, f"ours {design}, {label} (= lime@1000 fidelity)", P, n / t))
+            rows.append((name, f"ours {design}{suffix} (= lime@1000 fidelity)", P, n / t))
 
 
 def memory_child(n_images, n_samples):
