@@ -9,7 +9,11 @@ test and a bootstrap 95 % interval of the accuracy difference (10,000 resamples 
         --baseline fgsm_rs-s0 --n-test 1000
 
 Prints a table; writes ``runs/cifar10/paired_robustness.json``.  Clean accuracy is compared the
-same way.
+same way.  Per-image results are cached in ``<run>/paired_n<N>_pgd<steps>.npz`` (recomputed when
+the run's ``params.pt`` is newer), so adding runs costs only the new ones.  When several
+training seeds of a method and of the baseline's method are given (``<method>-s<seed>``), a
+second table compares them seed by seed: the mean of the per-seed differences and their
+range, which includes the training-seed variation the per-image interval leaves out.
 """
 from __future__ import annotations
 
@@ -62,16 +66,23 @@ def main():
     per = {}
     X = y = None
     for name in runs:
-        clf, cfg, _ = _load_run(os.path.join(args.root, name))
-        if X is None:
-            Xu, y, _ = load_dataset(cfg, train=False)
-            X = torch.as_tensor(Xu[: args.n_test].astype(np.float32) / 255.0)
-            y = torch.as_tensor(y[: args.n_test])
-        module = clf.module_.float().to(memory_format=torch.contiguous_format).eval()
-        clean = clean_accuracy(module, X, y, return_per_sample=True)
-        rob = robust_accuracy(module, X, y, PGD(eps=cfg.eps, steps=args.steps, random_state=0),
-                                 return_per_sample=True)
-        per[name] = {"clean": np.asarray(clean, dtype=float), "pgd": np.asarray(rob, dtype=float)}
+        run_dir = os.path.join(args.root, name)
+        cache = os.path.join(run_dir, f"paired_n{args.n_test}_pgd{args.steps}.npz")
+        if os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(os.path.join(run_dir, "params.pt")):
+            with np.load(cache) as z:
+                per[name] = {"clean": z["clean"], "pgd": z["pgd"]}
+        else:
+            clf, cfg, _ = _load_run(run_dir)
+            if X is None:
+                Xu, y, _ = load_dataset(cfg, train=False)
+                X = torch.as_tensor(Xu[: args.n_test].astype(np.float32) / 255.0)
+                y = torch.as_tensor(y[: args.n_test])
+            module = clf.module_.float().to(memory_format=torch.contiguous_format).eval()
+            clean = clean_accuracy(module, X, y, return_per_sample=True)
+            rob = robust_accuracy(module, X, y, PGD(eps=cfg.eps, steps=args.steps, random_state=0),
+                                  return_per_sample=True)
+            per[name] = {"clean": np.asarray(clean, dtype=float), "pgd": np.asarray(rob, dtype=float)}
+            np.savez(cache, **per[name])
         print(f"{name}: clean {per[name]['clean'].mean():.3f}, PGD-{args.steps} {per[name]['pgd'].mean():.3f}",
               flush=True)
     rows = []
@@ -86,7 +97,8 @@ def main():
             row[f"{key}_ci"] = (lo, hi)
             row[f"{key}_p"] = mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum()))
         rows.append(row)
-    print(f"\n{len(X)} test images, PGD-{args.steps} (1 start), differences against {args.baseline}\n")
+    n_img = len(base["pgd"])
+    print(f"\n{n_img} test images, PGD-{args.steps} (1 start), differences against {args.baseline}\n")
     print("| run | clean | diff (95% CI) | McNemar p | PGD | diff (95% CI) | McNemar p |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -96,8 +108,49 @@ def main():
             cells.append(f"{r[key]:.3f} | {100 * r[f'{key}_diff']:+.1f} ({100 * lo:+.1f}, {100 * hi:+.1f}) | "
                          f"{r[f'{key}_p']:.3f}")
         print(f"| {r['run']} | " + " | ".join(cells) + " |")
+    seeds = seed_matched(per, args.baseline)
+    if seeds:
+        print(f"\nSeed-matched: <method>-s<k> against {args.baseline.rsplit('-s', 1)[0]}-s<k>, "
+              "mean (min..max) of the per-seed differences in points\n")
+        print("| method | seeds | clean diff | PGD diff | pooled McNemar p (PGD) |")
+        print("|---|---|---|---|---|")
+        for r in seeds:
+            c, g = r["clean_diffs"], r["pgd_diffs"]
+            print(f"| {r['method']} | {','.join(map(str, r['seeds']))} | {100 * np.mean(c):+.1f} "
+                  f"({100 * min(c):+.1f}..{100 * max(c):+.1f}) | {100 * np.mean(g):+.1f} "
+                  f"({100 * min(g):+.1f}..{100 * max(g):+.1f}) | {r['pgd_pooled_p']:.3f} |")
     with open(os.path.join(args.root, "paired_robustness.json"), "w") as f:
-        json.dump({"n_test": len(X), "steps": args.steps, "baseline": args.baseline, "rows": rows}, f, indent=2)
+        json.dump({"n_test": n_img, "steps": args.steps, "baseline": args.baseline, "rows": rows,
+                   "seed_matched": seeds}, f, indent=2)
+
+
+def seed_matched(per: dict, baseline: str) -> list:
+    """Per-seed differences of every method against the baseline's method on the same seed."""
+    def split(name):
+        head, _, tail = name.rpartition("-s")
+        return (head, int(tail)) if head and tail.isdigit() else (name, None)
+
+    base_method, _ = split(baseline)
+    by_method: dict = {}
+    for name in per:
+        m, k = split(name)
+        if k is not None:
+            by_method.setdefault(m, {})[k] = per[name]
+    base = by_method.get(base_method, {})
+    out = []
+    for m, runs in by_method.items():
+        common = sorted(set(runs) & set(base))
+        if m == base_method or len(common) < 2:
+            continue
+        a = np.concatenate([runs[k]["pgd"] for k in common])
+        b = np.concatenate([base[k]["pgd"] for k in common])
+        out.append({
+            "method": m, "seeds": common,
+            "clean_diffs": [float(runs[k]["clean"].mean() - base[k]["clean"].mean()) for k in common],
+            "pgd_diffs": [float(runs[k]["pgd"].mean() - base[k]["pgd"].mean()) for k in common],
+            "pgd_pooled_p": mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())),
+        })
+    return out
 
 
 if __name__ == "__main__":
