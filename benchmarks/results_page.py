@@ -51,6 +51,7 @@ def main():
               f"{r[8]:.0f} | {'yes' if r[9] else 'no'} |")
     seeds_table(rows)
     strong_attacks_table(args.runs)
+    stability_table(args.runs)
     if cor:
         names = list(next(iter(cor.values())).keys())
         print()
@@ -106,6 +107,37 @@ def strong_attacks_table(runs_dir, folder="eval_aa1000"):
     if out:
         print()
         print("| run | images | clean | PGD-20 | AutoAttack (standard) | bound violation rate | bound points |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(out))
+
+
+def stability_table(runs_dir, folder="eval_stab"):
+    """Attribution stability under PGD and, where measured, the lower bound's violation rate
+    (``attribshield evaluate --n-test 100 --stability 100 [--bounds]``)."""
+    import statistics as st
+
+    out = []
+    for name in sorted(os.listdir(runs_dir)):
+        path = os.path.join(runs_dir, name, folder, "report.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            rep = json.load(f)
+        stab, bd = rep.get("stability") or {}, rep.get("bounds") or {}
+        if not stab:
+            continue
+        if bd.get("bound"):
+            # distortions are "inf" where no adversarial example was found within the radius
+            dist = [float(v) for v in bd["distortion"]]
+            bcells = (f"{bd['violation_rate']:.3f} | {len(bd['bound'])} | {st.median(map(float, bd['bound'])):.4f} | "
+                      f"{st.median(dist):.4f}")
+        else:
+            bcells = "- | - | - | -"
+        out.append(f"| {name} | {stab['mean_topk_intersection']:.3f} | {stab['mean_spearman']:.3f} | {bcells} |")
+    if out:
+        print()
+        print("| run | top-3 overlap | Spearman | bound violation rate | bound points | median bound | "
+              "median distortion found |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(out))
 
