@@ -185,7 +185,17 @@ def explanations(runs_dir, names, out, n=8):
     plt.close(fig)
 
 
+def _by_method(per_run):
+    """Average the runs of one method over its training seeds (``<method>-s<seed>``)."""
+    groups = {}
+    for run, v in per_run.items():
+        head, _, tail = run.rpartition("-s")
+        groups.setdefault(head if head and tail.isdigit() else run, []).append(v)
+    return groups
+
+
 def plot(curves, cor, out):
+    """Accuracy vs eps and per-corruption bars, one series per method (seeds averaged)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,27 +203,32 @@ def plot(curves, cor, out):
     import numpy as np
 
     os.makedirs(out, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name, c in curves.items():
-        ax.plot(np.array(c["eps"]) * 255, c["accuracy"], marker="o", label=name)
+    colors = plt.get_cmap("tab10").colors
+    label = lambda m, n: f"{m} ({n} seeds)" if n > 1 else m  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for k, (m, cs) in enumerate(sorted(_by_method(curves).items())):
+        acc = np.mean([c["accuracy"] for c in cs], axis=0)
+        ax.plot(np.array(cs[0]["eps"]) * 255, acc, marker="o", color=colors[k % 10], label=label(m, len(cs)))
     ax.set_xlabel("Linf eps (x 1/255)")
     ax.set_ylabel("PGD-20 accuracy")
     ax.set_title("CIFAR-10, SmallCNN, 5 epochs (500 test images)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "cifar10_accuracy_vs_eps.png"), dpi=120)
     plt.close(fig)
     if cor:
-        names = list(next(iter(cor.values())).keys())
-        fig, ax = plt.subplots(figsize=(10, 3.6))
-        w = 0.8 / len(cor)
-        for k, (run, vals) in enumerate(cor.items()):
-            ax.bar(np.arange(len(names)) + k * w, [vals[n] for n in names], w, label=run)
+        groups = sorted(_by_method(cor).items())
+        names = list(groups[0][1][0].keys())
+        fig, ax = plt.subplots(figsize=(11, 4.2))
+        w = 0.8 / len(groups)
+        for k, (m, vals) in enumerate(groups):
+            ax.bar(np.arange(len(names)) + k * w, [np.mean([v[n] for v in vals]) for n in names], w,
+                   color=colors[k % 10], label=label(m, len(vals)))
         ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2)
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (mean over 5 severities)")
-        ax.legend(fontsize=8, ncol=len(cor))
+        ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, 1.22))
         fig.tight_layout()
         fig.savefig(os.path.join(out, "cifar10c_per_corruption.png"), dpi=120)
         plt.close(fig)
