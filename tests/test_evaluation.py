@@ -506,3 +506,16 @@ def test_our_pgd_matches_torchattacks_pgd_on_cifar10(_trained_smallcnn, eps):
     assert 0.02 < ours.mean() < clean, "the radius should make the comparison non-trivial"
     assert abs(ours.mean() - theirs.mean()) <= 0.005 + 1e-9, (ours.mean(), theirs.mean())
     assert (ours != theirs).sum() <= 2
+
+
+def test_report_bound_medians_skip_misclassified_points():
+    from attribshield.evaluation.report import _markdown
+
+    bounds = {"norm": "Linf", "radius": 0.1, "violation_rate": 0.0,
+              "margin": [1.0, 2.0, -1.0, -0.5], "bound": [0.02, 0.04, 0.0, 0.0],
+              "distortion": [0.03, float("inf"), 0.0, 0.0]}
+    text = _markdown({"bounds": bounds})
+    assert "4 points, 2 correctly classified" in text
+    assert "median bound: 0.03" in text  # over the two correct points, not 0.01 over all four
+    assert "median distortion found: 0.03" in text
+    assert "(1 points without an adversarial example" in text

@@ -90,12 +90,15 @@ def _markdown(results: dict) -> str:
     bd = results.get("bounds")
     if bd:
         b, d = np.asarray(bd["bound"], float), np.asarray(bd["distortion"], float)
-        fin = np.isfinite(d)
+        # misclassified points have bound and distortion 0: the medians describe the others
+        ok = np.asarray(bd["margin"], float) > 0 if "margin" in bd else np.ones(len(b), bool)
+        fin = np.isfinite(d) & ok
         lines += ["## Attribution-aware lower bound", "",
-                  f"Norm {bd['norm']}, radius {bd['radius']:.4g}; {len(b)} points.", "",
-                  f"- median bound: {_fmt(float(np.median(b)), 5)}",
+                  f"Norm {bd['norm']}, radius {bd['radius']:.4g}; {len(b)} points, {int(ok.sum())} "
+                  "correctly classified (the medians are over those).", "",
+                  f"- median bound: {_fmt(float(np.median(b[ok])) if ok.any() else float('nan'), 5)}",
                   f"- median distortion found: {_fmt(float(np.median(d[fin])) if fin.any() else float('nan'), 5)} "
-                  f"({int((~fin).sum())} points without an adversarial example up to eps_max)",
+                  f"({int((~np.isfinite(d) & ok).sum())} points without an adversarial example up to eps_max)",
                   f"- violation rate (bound above the distortion found): {_fmt(bd['violation_rate'])}",
                   "", "The bound uses sampled Lipschitz constants: it is an estimate, not a certificate.", ""]
     return "\n".join(lines)
