@@ -90,15 +90,19 @@ def seeds_table(rows):
               f"{cell([r[6] for r in rs])} |")
 
 
+def _reports(runs_dir, folder):
+    """``(run name, report dict)`` for every run with ``<run>/<folder>/report.json``, sorted."""
+    for name in sorted(os.listdir(runs_dir)):
+        path = os.path.join(runs_dir, name, folder, "report.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                yield name, json.load(f)
+
+
 def strong_attacks_table(runs_dir, folder="eval_aa1000"):
     """AutoAttack and the attribution-aware lower bound, for runs evaluated on 1,000 images."""
     out = []
-    for name in sorted(os.listdir(runs_dir)):
-        path = os.path.join(runs_dir, name, folder, "report.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            rep = json.load(f)
+    for name, rep in _reports(runs_dir, folder):
         rob, bd = rep["robustness"], rep.get("bounds") or {}
         aa, vr = rob.get("autoattack_accuracy"), bd.get("violation_rate")
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -114,15 +118,8 @@ def strong_attacks_table(runs_dir, folder="eval_aa1000"):
 def stability_table(runs_dir, folder="eval_stab"):
     """Attribution stability under PGD and, where measured, the lower bound's violation rate
     (``attribshield evaluate --n-test 100 --stability 100 [--bounds]``)."""
-    import statistics as st
-
     out = []
-    for name in sorted(os.listdir(runs_dir)):
-        path = os.path.join(runs_dir, name, folder, "report.json")
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            rep = json.load(f)
+    for name, rep in _reports(runs_dir, folder):
         stab, bd = rep.get("stability") or {}, rep.get("bounds") or {}
         if not stab:
             continue
@@ -132,7 +129,7 @@ def stability_table(runs_dir, folder="eval_stab"):
             ok = [i for i, m in enumerate(bd["margin"]) if float(m) > 0]
             bnd = [float(bd["bound"][i]) for i in ok]
             dist = [float(bd["distortion"][i]) for i in ok]
-            bcells = (f"{bd['violation_rate']:.3f} | {len(ok)} | {st.median(bnd):.4f} | {st.median(dist):.4f}")
+            bcells = (f"{bd['violation_rate']:.3f} | {len(ok)} | {statistics.median(bnd):.4f} | {statistics.median(dist):.4f}")
         else:
             bcells = "- | - | - | -"
         out.append(f"| {name} | {stab['mean_topk_intersection']:.3f} | {stab['mean_spearman']:.3f} | {bcells} |")
