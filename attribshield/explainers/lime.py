@@ -12,6 +12,7 @@ pixels, rank segments, plot them, move them between devices and subset them.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields
 
@@ -20,6 +21,7 @@ import torch
 
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module, make_generator
+from ._quantize import quantized_engine as _int8_engine
 from ._sampling import SAMPLINGS, draw_masks
 from .segmentation import MIN_SEGMENTS, default_segmenter
 
@@ -712,7 +714,9 @@ class LimeExplainer(Component):
             raise ValueError(f"quantize='int8' runs on the CPU only; the module is on {device}")
         if self.fuse_bn and self.quantize is None:
             module = fuse_conv_bn(module, channels_last=bool(self.channels_last))
-        with eval_mode(module), torch.no_grad():
+        # the int8 copy's packed weights belong to the engine it was converted under: run it there
+        engine = _int8_engine() if self.quantize is not None else contextlib.nullcontext()
+        with eval_mode(module), torch.no_grad(), engine:
             # one pass on the clean images: validates the input and gives the classes
             try:
                 logits = module(X[: min(n, int(self.batch_size))])
