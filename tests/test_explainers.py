@@ -462,6 +462,11 @@ def test_property_finite_shaped_deterministic(seed, n, n_samples):
 def test_property_linear_model_signs_and_ignored_segment(v, ignored, seed):
     v = np.array(v)
     v[ignored] = 0.0
+    # keep the sigmoid out of saturation (total logit range <= 4): a saturated probability is
+    # nonlinear enough in the mask that LIME's population weight of an ignored segment is no
+    # longer ~0 (hypothesis found |w_ignored| / max|w| = 0.056 at v = 3 on three segments;
+    # up to 0.24 in a 300-case sweep), while with this scaling the sweep's worst case is 0.018
+    v = v / max(1.0, np.abs(v).sum() / 4.0)
     model = SegmentLinear(v)
     X = 0.3 + 0.7 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
     # constant fill 0: hiding segment j moves the class-1 logit by -v_j * mean_j (mean_j >= 0.3)
