@@ -160,6 +160,8 @@ def build_parser():
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--top-k", dest="top_k", type=int)
+    p.add_argument("--criterion", choices=["combined", "unstable", "irrelevant"],
+                   help="which segments LimeMasker hides (default: combined)")
     p.add_argument("--reg-weight", dest="reg_weight", type=float)
     p.add_argument("--mask-weight", dest="mask_weight", type=float)
     p.add_argument("--lime-samples", dest="lime_samples", type=int)

@@ -69,6 +69,12 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
+        from .maskers.lime_masker import CRITERIA
+
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         return self
 
     @classmethod

@@ -74,6 +74,24 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert "unknown config keys" in capsys.readouterr().err
 
 
+def test_criterion_flag_reaches_the_masker_and_bad_values_fail_early(tmp_path, capsys):
+    from attribshield.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["train", "--out", str(tmp_path), "--criterion", "unstable",
+                                      "--top-k", "6"])
+    cfg = _config_from_args(args)
+    clf = build_estimator(cfg)
+    assert (clf.masker.criterion, clf.masker.top_k) == ("unstable", 6)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", str(tmp_path), "--criterion", "spurious"])
+    assert "invalid choice" in capsys.readouterr().err
+    cfg = tmp_path / "bad.toml"
+    for text, msg in [('criterion = "spurious"', "criterion must be one of"), ("top_k = 0", "top_k must be >= 1")]:
+        cfg.write_text("[train]\n" + text + "\n")
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+        assert msg in capsys.readouterr().err
+
+
 def test_evaluate_rejects_a_folder_without_run(tmp_path):
     with pytest.raises(SystemExit, match="config.json"):
         main(["evaluate", "--model", str(tmp_path)])
