@@ -4,7 +4,8 @@
 
 Reads each ``<run>/history.json`` and ``<run>/eval/report.json``; prints the main table
 (accuracy under each attack, CIFAR-10-C mean, median epoch time), the mean and spread over
-seeds of each run name (``<name>-s<seed>``), the AutoAttack / lower-bound table of the runs that
+seeds of each run name (``<name>-s<seed>``), each run name's seed-matched difference from a
+reference run (``--reference``, default ``fgsm_rs``), the AutoAttack / lower-bound table of the runs that
 have an ``eval_aa1000/report.json`` (``attribshield evaluate --autoattack --bounds --n-test 1000``)
 and the per-corruption table.
 """
@@ -23,6 +24,8 @@ def main():
     p.add_argument("--runs", default=os.path.join(ROOT, "runs", "cifar10"))
     p.add_argument("--plots", default=None, help="folder for the comparison PNGs (accuracy vs eps, corruptions)")
     p.add_argument("--explain", nargs="*", default=[], help="runs whose explanations of 8 test images to plot")
+    p.add_argument("--reference", default="fgsm_rs",
+                   help="run name the seed-matched difference table compares against (default: fgsm_rs)")
     args = p.parse_args()
     rows, cor, curves = [], {}, {}
     for name in sorted(os.listdir(args.runs)):
@@ -50,6 +53,7 @@ def main():
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.3f} | {c} | {r[7]:.0f} | "
               f"{r[8]:.0f} | {'yes' if r[9] else 'no'} |")
     seeds_table(rows)
+    matched_table(rows, args.reference)
     strong_attacks_table(args.runs)
     stability_table(args.runs)
     if cor:
@@ -69,8 +73,8 @@ def seeds_table(rows):
     """Mean and spread (min-max) over the seeds of each run name with more than one seed."""
     groups = {}
     for r in rows:
-        base, _, seed = r[0].rpartition("-s")
-        if seed.isdigit():
+        base, seed = _split(r[0])
+        if seed is not None:
             groups.setdefault(base, []).append(r)
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     if not groups:
@@ -88,6 +92,43 @@ def seeds_table(rows):
     for base, rs in sorted(groups.items()):
         print(f"| {base} | {len(rs)} | {cell([r[2] for r in rs])} | {cell([r[3] for r in rs])} | "
               f"{cell([r[6] for r in rs])} |")
+
+
+def _split(name):
+    """``("full-rw5", 1)`` for ``full-rw5-s1``; ``(name, None)`` without a seed suffix."""
+    base, _, seed = name.rpartition("-s")
+    return (base, int(seed)) if base and seed.isdigit() else (name, None)
+
+
+def matched_table(rows, reference):
+    """Each run name minus ``reference`` on the same training seeds: mean (min to max) of the
+    per-seed differences in clean, PGD-20 and CIFAR-10-C accuracy, in points. The runs of one
+    folder share their test images, so the differences are paired in the images too."""
+    by = {}
+    for r in rows:
+        base, seed = _split(r[0])
+        if seed is not None:
+            by.setdefault(base, {})[seed] = r
+    ref = by.get(reference)
+    if not ref:
+        return
+    print()
+    print(f"| run | seeds matched with {reference} | clean | PGD-20 | CIFAR-10-C mean |")
+    print("|---|---|---|---|---|")
+
+    def cell(pairs, i):
+        d = [100 * (a[i] - b[i]) for a, b in pairs if a[i] is not None and b[i] is not None]
+        if len(d) < 2:
+            return f"{d[0]:+.1f}" if d else "-"
+        return f"{statistics.mean(d):+.1f} ({min(d):+.1f} to {max(d):+.1f})"
+
+    for base, seeds in sorted(by.items()):
+        common = sorted(set(seeds) & set(ref))
+        if base == reference or not common:
+            continue
+        pairs = [(seeds[s], ref[s]) for s in common]
+        print(f"| {base} | {','.join(map(str, common))} | {cell(pairs, 2)} | {cell(pairs, 3)} | "
+              f"{cell(pairs, 6)} |")
 
 
 def _reports(runs_dir, folder):
@@ -188,8 +229,7 @@ def _by_method(per_run):
     """Average the runs of one method over its training seeds (``<method>-s<seed>``)."""
     groups = {}
     for run, v in per_run.items():
-        head, _, tail = run.rpartition("-s")
-        groups.setdefault(head if head and tail.isdigit() else run, []).append(v)
+        groups.setdefault(_split(run)[0], []).append(v)
     return groups
 
 
