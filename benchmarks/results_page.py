@@ -5,7 +5,8 @@
 Reads each ``<run>/history.json`` and ``<run>/eval/report.json``; prints the main table
 (accuracy under each attack, CIFAR-10-C mean, median epoch time), the mean and spread over
 seeds of each run name (``<name>-s<seed>``), each run name's seed-matched difference from a
-reference run (``--reference``, default ``fgsm_rs``), the AutoAttack / lower-bound table of the runs that
+reference run (``--reference``, default ``fgsm_rs``), what the refinement's loss terms weigh
+in the last epoch, the AutoAttack / lower-bound table of the runs that
 have an ``eval_aa1000/report.json`` (``attribshield evaluate --autoattack --bounds --n-test 1000``)
 and the per-corruption table.
 """
@@ -56,6 +57,7 @@ def main():
     matched_table(rows, args.reference)
     strong_attacks_table(args.runs)
     stability_table(args.runs)
+    loss_terms_table(args.runs)
     if cor:
         names = list(next(iter(cor.values())).keys())
         print()
@@ -138,6 +140,52 @@ def _reports(runs_dir, folder):
         if os.path.exists(path):
             with open(path) as f:
                 yield name, json.load(f)
+
+
+def loss_terms_table(runs_dir):
+    """What the refinement terms weigh in the last epoch's training loss, for the runs that log them.
+
+    A batch's loss is ``adv + share * (mask_weight * masked + penalty)``, the masked-input loss
+    and the penalty being averaged over the batch's explained rows (``train_step``), so the
+    explained share of each batch is recovered from the logged terms; it counts every mask the
+    run trains on (stale ones too, for ``no_loop`` and kept masks)."""
+    rows = []
+    for name in sorted(os.listdir(runs_dir)):
+        hist_path = os.path.join(runs_dir, name, "history.json")
+        cfg_path = os.path.join(runs_dir, name, "config.json")
+        if not (os.path.exists(hist_path) and os.path.exists(cfg_path)):
+            continue
+        with open(hist_path) as f:
+            batches = json.load(f)[-1]["batches"]
+        with open(cfg_path) as f:
+            cfg = json.load(f)["config"]
+        if not any("penalty_loss" in b or "masked_loss" in b for b in batches):
+            continue
+        mask_weight = 0.0 if cfg["method"] == "no_mask" else cfg["mask_weight"]
+        share, part = [], []
+        for b in batches:
+            extra = b["train_loss"] - b["adv_loss"]
+            per_row = mask_weight * b.get("masked_loss", 0.0) + b.get("penalty_loss", 0.0)
+            share.append(extra / per_row if per_row > 0 else 0.0)
+            part.append(100 * extra / b["train_loss"])
+
+        def mean(key):
+            vals = [b[key] for b in batches if key in b]
+            return statistics.mean(vals) if vals else None
+
+        rows.append((name, cfg.get("criterion", "-"), cfg.get("top_k"), cfg["reg_weight"], mask_weight,
+                     mean("adv_loss"), mean("masked_loss"), mean("penalty_loss"),
+                     statistics.mean(share), statistics.mean(part)))
+    if not rows:
+        return
+    print()
+    print("| run | criterion | top_k | reg_weight | mask_weight | adversarial CE | masked CE | penalty | "
+          "explained share of a batch | refinement terms, % of loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:g} | {r[4]:g} | {f(r[5])} | {f(r[6])} | {f(r[7])} | "
+              f"{r[8]:.3f} | {r[9]:.2f} |")
 
 
 def strong_attacks_table(runs_dir, folder="eval_aa1000"):
