@@ -1,0 +1,59 @@
+"""benchmarks/results_page.py: the seed-matched differences and the loss-term shares it reports."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def page():
+    spec = importlib.util.spec_from_file_location("results_page", REPO / "benchmarks" / "results_page.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_split_names(page):
+    assert page._split("full-rw5-s12") == ("full-rw5", 12)
+    assert page._split("full-rw5-sx") == ("full-rw5-sx", None)
+    assert page._split("summary") == ("summary", None)
+
+
+def _row(name, clean, pgd, cor):
+    return (name, 5, clean, pgd, 0.0, 0.0, cor, 1.0, 0.0, False)
+
+
+def test_matched_table_pairs_by_seed(page, capsys):
+    rows = [_row("fgsm_rs-s0", 0.50, 0.20, 0.40), _row("fgsm_rs-s1", 0.60, 0.30, 0.50),
+            _row("full-s0", 0.52, 0.25, 0.40), _row("full-s1", 0.59, 0.28, None), _row("full-s2", 0.9, 0.9, 0.9)]
+    page.matched_table(rows, "fgsm_rs")
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| full |"))
+    # seed 2 has no partner; clean diffs +2, -1; PGD +5, -2; corruption only on seed 0
+    assert line == "| full | 0,1 | +0.5 (-1.0 to +2.0) | +1.5 (-2.0 to +5.0) | +0.0 |"
+
+
+def test_loss_terms_table_recovers_the_explained_share(page, tmp_path, capsys):
+    run = tmp_path / "full-s0"
+    run.mkdir()
+    cfg = {"method": "full", "criterion": "unstable", "top_k": 3, "reg_weight": 5.0, "mask_weight": 0.5}
+    (run / "config.json").write_text(json.dumps({"config": cfg}))
+    batches = []
+    for share, adv, masked, pen in [(0.25, 2.0, 1.5, 0.2), (0.0, 1.8, None, None), (0.5, 1.6, 1.0, 0.4)]:
+        b = {"adv_loss": adv, "train_batch_size": 128}
+        extra = 0.0
+        if masked is not None:
+            b.update(masked_loss=masked, penalty_loss=pen)
+            extra = share * (0.5 * masked + pen)
+        b["train_loss"] = adv + extra
+        batches.append(b)
+    (run / "history.json").write_text(json.dumps([{"batches": batches}]))
+    page.loss_terms_table(str(tmp_path))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| full-s0 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:5] == ["unstable", "3", "5", "0.5"]
+    assert float(cells[8]) == pytest.approx(0.25, abs=1e-3)  # mean of 0.25, 0, 0.5
+    part = [100 * 0.25 * 0.95 / 2.2375, 0.0, 100 * 0.5 * 0.9 / 2.05]
+    assert float(cells[9]) == pytest.approx(sum(part) / 3, abs=0.01)
