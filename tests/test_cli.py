@@ -128,3 +128,14 @@ def test_cifar100_pipeline_on_written_files(tmp_path, capsys):
                  "--square-queries", "5", "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["robustness"]["n_samples"] == 8
+
+
+def test_the_config_example_in_the_cli_docs_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "run.toml").write_text(block)
+    cfg = TrainConfig.from_toml(str(tmp_path / "run.toml")).validate()
+    assert (cfg.method, cfg.criterion, cfg.top_k) == ("full", "combined", 3)
