@@ -13,6 +13,7 @@ import os
 import sys
 
 from ._runtime import tune_allocator
+from .maskers import CRITERIA
 from .presets import METHODS
 
 CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
@@ -160,7 +161,7 @@ def build_parser():
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--top-k", dest="top_k", type=int)
-    p.add_argument("--criterion", choices=["combined", "unstable", "irrelevant"],
+    p.add_argument("--criterion", choices=list(CRITERIA),
                    help="which segments LimeMasker hides (default: combined)")
     p.add_argument("--reg-weight", dest="reg_weight", type=float)
     p.add_argument("--mask-weight", dest="mask_weight", type=float)

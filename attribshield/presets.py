@@ -69,7 +69,7 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
-        from .maskers.lime_masker import CRITERIA
+        from .maskers import CRITERIA
 
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
