@@ -55,7 +55,7 @@ def main():
               f"{r[8]:.0f} | {'yes' if r[9] else 'no'} |")
     seeds_table(rows)
     matched_table(rows, args.reference)
-    strong_attacks_table(args.runs)
+    strong_attacks_table(args.runs, reference=args.reference)
     stability_table(args.runs)
     loss_terms_table(args.runs)
     if cor:
@@ -71,8 +71,12 @@ def main():
             explanations(args.runs, args.explain, args.plots)
 
 
-def seeds_table(rows):
-    """Mean and spread (min-max) over the seeds of each run name with more than one seed."""
+MAIN_COLUMNS = ((2, "clean"), (3, "PGD-20"), (6, "CIFAR-10-C mean"))
+
+
+def seeds_table(rows, columns=MAIN_COLUMNS):
+    """Mean and spread (min-max) over the seeds of each run name with more than one seed;
+    ``columns`` are ``(index in a row, header)`` pairs."""
     groups = {}
     for r in rows:
         base, seed = _split(r[0])
@@ -82,8 +86,8 @@ def seeds_table(rows):
     if not groups:
         return
     print()
-    print("| run | seeds | clean | PGD-20 | CIFAR-10-C mean |")
-    print("|---|---|---|---|---|")
+    print("| run | seeds | " + " | ".join(h for _, h in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
 
     def cell(vals):
         vals = [v for v in vals if v is not None]
@@ -92,8 +96,7 @@ def seeds_table(rows):
         return f"{statistics.mean(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})"
 
     for base, rs in sorted(groups.items()):
-        print(f"| {base} | {len(rs)} | {cell([r[2] for r in rs])} | {cell([r[3] for r in rs])} | "
-              f"{cell([r[6] for r in rs])} |")
+        print(f"| {base} | {len(rs)} | " + " | ".join(cell([r[i] for r in rs]) for i, _ in columns) + " |")
 
 
 def _split(name):
@@ -102,10 +105,10 @@ def _split(name):
     return (base, int(seed)) if base and seed.isdigit() else (name, None)
 
 
-def matched_table(rows, reference):
+def matched_table(rows, reference, columns=MAIN_COLUMNS):
     """Each run name minus ``reference`` on the same training seeds: mean (min to max) of the
-    per-seed differences in clean, PGD-20 and CIFAR-10-C accuracy, in points. The runs of one
-    folder share their test images, so the differences are paired in the images too."""
+    per-seed differences in each of ``columns`` (``(index in a row, header)``), in points. The
+    runs of one folder share their test images, so the differences are paired in the images too."""
     by = {}
     for r in rows:
         base, seed = _split(r[0])
@@ -115,8 +118,8 @@ def matched_table(rows, reference):
     if not ref:
         return
     print()
-    print(f"| run | seeds matched with {reference} | clean | PGD-20 | CIFAR-10-C mean |")
-    print("|---|---|---|---|---|")
+    print(f"| run | seeds matched with {reference} | " + " | ".join(h for _, h in columns) + " |")
+    print("|---|---|" + "---|" * len(columns))
 
     def cell(pairs, i):
         d = [100 * (a[i] - b[i]) for a, b in pairs if a[i] is not None and b[i] is not None]
@@ -129,8 +132,7 @@ def matched_table(rows, reference):
         if base == reference or not common:
             continue
         pairs = [(seeds[s], ref[s]) for s in common]
-        print(f"| {base} | {','.join(map(str, common))} | {cell(pairs, 2)} | {cell(pairs, 3)} | "
-              f"{cell(pairs, 6)} |")
+        print(f"| {base} | {','.join(map(str, common))} | " + " | ".join(cell(pairs, i) for i, _ in columns) + " |")
 
 
 def _reports(runs_dir, folder):
@@ -188,20 +190,28 @@ def loss_terms_table(runs_dir):
               f"{r[8]:.3f} | {r[9]:.2f} |")
 
 
-def strong_attacks_table(runs_dir, folder="eval_aa1000"):
-    """AutoAttack and the attribution-aware lower bound, for runs evaluated on 1,000 images."""
-    out = []
+STRONG_COLUMNS = ((1, "clean"), (2, "PGD-20"), (3, "AutoAttack"))
+
+
+def strong_attacks_table(runs_dir, folder="eval_aa1000", reference="fgsm_rs"):
+    """AutoAttack and the attribution-aware lower bound, for runs evaluated on 1,000 images;
+    then, where a run name has several seeds, their mean and spread and the seed-matched
+    differences from ``reference`` (the same 1,000 images for every run)."""
+    out, rows = [], []
     for name, rep in _reports(runs_dir, folder):
         rob, bd = rep["robustness"], rep.get("bounds") or {}
         aa, vr = rob.get("autoattack_accuracy"), bd.get("violation_rate")
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         out.append(f"| {name} | {rob['n_samples']} | {rob['clean_accuracy']:.3f} | {rob['pgd_accuracy']:.3f} | "
                    f"{fmt(aa)} | {fmt(vr)} | {len(bd.get('bound', []))} |")
+        rows.append((name, rob["clean_accuracy"], rob["pgd_accuracy"], aa))
     if out:
         print()
         print("| run | images | clean | PGD-20 | AutoAttack (standard) | bound violation rate | bound points |")
         print("|---|---|---|---|---|---|---|")
         print("\n".join(out))
+        seeds_table(rows, STRONG_COLUMNS)
+        matched_table(rows, reference, STRONG_COLUMNS)
 
 
 def stability_table(runs_dir, folder="eval_stab"):

@@ -57,3 +57,20 @@ def test_loss_terms_table_recovers_the_explained_share(page, tmp_path, capsys):
     assert float(cells[8]) == pytest.approx(0.25, abs=1e-3)  # mean of 0.25, 0, 0.5
     part = [100 * 0.25 * 0.95 / 2.2375, 0.0, 100 * 0.5 * 0.9 / 2.05]
     assert float(cells[9]) == pytest.approx(sum(part) / 3, abs=0.01)
+
+
+def test_strong_attacks_table_summarises_autoattack_over_seeds(page, tmp_path, capsys):
+    for name, clean, pgd, aa in [("fgsm_rs-s0", 0.60, 0.32, 0.28), ("fgsm_rs-s1", 0.58, 0.33, 0.30),
+                                 ("full-s0", 0.61, 0.35, 0.31), ("full-s1", 0.60, 0.32, 0.29),
+                                 ("pgd-s0", 0.61, 0.34, None)]:
+        (tmp_path / name / "eval_aa1000").mkdir(parents=True)
+        rep = {"robustness": {"n_samples": 1000, "clean_accuracy": clean, "pgd_accuracy": pgd,
+                              "autoattack_accuracy": aa},
+               "bounds": {"violation_rate": 0.125, "bound": [0.0] * 8}}
+        (tmp_path / name / "eval_aa1000" / "report.json").write_text(json.dumps(rep))
+    page.strong_attacks_table(str(tmp_path))
+    lines = capsys.readouterr().out.splitlines()
+    assert "| pgd-s0 | 1000 | 0.610 | 0.340 | - | 0.125 | 8 |" in lines
+    # mean (range) over the two seeds, then full minus fgsm_rs per seed: AA +3, -1
+    assert "| full | 2 | 0.605 (0.600-0.610) | 0.335 (0.320-0.350) | 0.300 (0.290-0.310) |" in lines
+    assert "| full | 0,1 | +1.5 (+1.0 to +2.0) | +1.0 (-1.0 to +3.0) | +1.0 (-1.0 to +3.0) |" in lines
