@@ -273,6 +273,29 @@ def test_robustness_report_clean_on_linear_model():
     json.dumps(rep)  # plain types only
 
 
+def test_robustness_report_per_sample_record_and_stage_messages(capsys):
+    model = _bn_mlp()
+    X = _data(8)
+    y = _labels_from(model, X, flip=[1, 5])
+    rep = robustness_report(model, X, y, eps=0.5, steps=3, restarts=1, n_queries=20, autoattack=True,
+                            n_classes=4, progress=True)
+    per = rep["per_sample"]
+    assert set(per) == {"clean", "pgd", "autoattack", "square", "robust"}
+    for key, acc in [("clean", "clean_accuracy"), ("pgd", "pgd_accuracy"), ("autoattack", "autoattack_accuracy"),
+                     ("square", "square_accuracy"), ("robust", "robust_accuracy")]:
+        assert len(per[key]) == 8 and set(per[key]) <= {"0", "1"}
+        assert per[key].count("1") / 8 == rep[acc], key
+    assert per["clean"][1] == per["clean"][5] == "0"
+    assert all(r <= c for r, c in zip(per["robust"], per["clean"]))
+    err = capsys.readouterr().err
+    for stage in ("clean: 0.7500", "PGD-3 x 1 restarts", "AutoAttack (standard):", "Square (20 queries)",
+                  "accuracy vs eps"):
+        assert stage in err, stage
+    rep = robustness_report(model, X, y, eps=0.5, steps=3, restarts=1, square=False)
+    assert set(rep["per_sample"]) == {"clean", "pgd", "robust"}
+    assert capsys.readouterr().err == ""  # quiet unless asked
+
+
 def test_accuracy_vs_eps_monotone_on_linear_model():
     model = _linear()
     X = _data(16)

@@ -279,7 +279,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}")
     results = {"robustness": robustness_report(model, Xt, yt, eps, norm, steps=steps, restarts=restarts,
                                                autoattack=autoattack, n_classes=n_classes, n_queries=n_queries,
-                                               random_state=random_state, batch_size=batch_size)}
+                                               random_state=random_state, batch_size=batch_size,
+                                               progress=progress)}
     if cifar10c is not None and cifar10c is not False:
         if cifar10c is True:
             results["corruptions"] = corruption_accuracy(model, Xt.cpu().numpy(), yt, random_state=random_state,

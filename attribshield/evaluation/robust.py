@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
+import time
 
 import torch
 from torch import nn
@@ -136,7 +138,8 @@ def _check_norm_eps(eps, norm):
     return check_eps(eps)
 
 
-def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample):
+def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample, progress=False,
+                           desc="attack"):
     """Shared loop: attack still-correct points with a torchattacks attack built by ``build``."""
     try:
         import torchattacks  # noqa: F401
@@ -157,7 +160,12 @@ def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, ret
         with torch.random.fork_rng(devices=devices):
             if seed is not None:
                 torch.manual_seed(seed)
-            for s in batches(idx.numel(), batch_size):
+            chunks = list(batches(idx.numel(), batch_size))
+            if progress:
+                from tqdm.auto import tqdm
+
+                chunks = tqdm(chunks, desc=desc, unit="batch")
+            for s in chunks:
                 i = idx[s]
                 Xi = X[i].float()
                 with torch.enable_grad(), quiet():
@@ -171,7 +179,7 @@ def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, ret
 
 
 def autoattack_accuracy(model, X, y, eps, norm="Linf", version="standard", n_classes=10, seed=0, *,
-                        batch_size=256, return_per_sample=False):
+                        batch_size=256, return_per_sample=False, progress=False):
     """Accuracy under AutoAttack, through ``torchattacks.AutoAttack`` (an independent evaluator).
 
     The standard version runs APGD-CE, APGD-T, FAB-T and Square (5,000 queries) in a cascade,
@@ -196,6 +204,9 @@ def autoattack_accuracy(model, X, y, eps, norm="Linf", version="standard", n_cla
         global random state is restored afterwards.
     batch_size : int, default=256
     return_per_sample : bool, default=False
+    progress : bool, default=False
+        tqdm progress bar over the batches of attacked points (AutoAttack takes minutes per
+        batch on a CPU).
 
     Returns
     -------
@@ -230,7 +241,8 @@ def autoattack_accuracy(model, X, y, eps, norm="Linf", version="standard", n_cla
         return torchattacks.AutoAttack(m, norm=norm, eps=eps, version=version, n_classes=int(n_classes),
                                        seed=seed if seed is not None else 0, verbose=False)
 
-    return _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample)
+    return _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample,
+                                  progress=progress, desc=f"AutoAttack ({version})")
 
 
 def square_accuracy(model, X, y, eps, norm="Linf", n_queries=5000, *, n_restarts=1, p_init=0.8, seed=0,
@@ -328,7 +340,7 @@ def _default_large_eps(norm, X) -> float:
 def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, step_size=None,
                       autoattack=False, n_classes=10, square=True, n_queries=1000, eps_grid=None,
                       large_eps=None, masking_tolerance=0.0, large_eps_threshold=0.1,
-                      random_state=0, batch_size=256):
+                      random_state=0, batch_size=256, progress=False):
     """Clean, PGD (with restarts), AutoAttack, Square and an accuracy-vs-eps curve, with
     gradient-masking checks.
 
@@ -361,6 +373,9 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
         Accuracy at ``large_eps`` above which the report flags masking.
     random_state : int or None, default=0
     batch_size : int, default=256
+    progress : bool, default=False
+        Print each stage's result and duration on stderr as it finishes, and a progress bar
+        over AutoAttack's batches.
 
     Returns
     -------
@@ -391,24 +406,44 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
     eps_grid = sorted(check_eps(e, "eps_grid entries") for e in eps_grid)
     large = _default_large_eps(norm, Xt) if large_eps is None else check_eps(large_eps, "large_eps")
 
+    clock = [time.perf_counter()]
+
+    def done(stage, acc):
+        if progress:
+            now = time.perf_counter()
+            print(f"  {stage}: {float(acc):.4f} ({now - clock[0]:.0f} s)", file=sys.stderr, flush=True)
+            clock[0] = now
+
     clean = clean_accuracy(module, Xt, yt, batch_size=batch_size, return_per_sample=True)
+    done("clean", clean.mean())
     pgd_ok = robust_accuracy(module, Xt, yt, pgd, batch_size=batch_size, return_per_sample=True)
+    done(f"PGD-{steps} x {restarts} restarts", pgd_ok.mean())
     white_ok = pgd_ok.copy()
     aa_ok = sq_ok = None
     if autoattack:
-        aa_ok = autoattack_accuracy(module, Xt, yt, eps, norm, n_classes=n_classes,
-                                    seed=random_state, batch_size=batch_size, return_per_sample=True)
+        aa_ok = autoattack_accuracy(module, Xt, yt, eps, norm, n_classes=n_classes, seed=random_state,
+                                    batch_size=batch_size, return_per_sample=True, progress=progress)
+        done("AutoAttack (standard)", aa_ok.mean())
         white_ok &= aa_ok
     robust_ok = white_ok.copy()
     if square:
         sq_ok = square_accuracy(module, Xt, yt, eps, norm, n_queries=n_queries, seed=random_state,
                                 batch_size=batch_size, return_per_sample=True)
+        done(f"Square ({n_queries} queries)", sq_ok.mean())
         robust_ok &= sq_ok
     curve = accuracy_vs_eps(module, Xt, yt, eps_grid, norm, steps=steps, restarts=1,
                             random_state=random_state, batch_size=batch_size)
+    done(f"accuracy vs eps ({len(eps_grid)} radii), at eps={eps_grid[-1]:.4g}", curve["accuracy"][-1])
     # a larger step budget at the huge radius: the point is to reach any image
     big = PGD(eps=large, steps=max(steps, 20), norm=norm, restarts=1, random_state=random_state)
     large_acc = robust_accuracy(module, Xt, yt, big, batch_size=batch_size)
+    done(f"PGD at eps={large:.4g}", large_acc)
+    bits = lambda ok: "".join("1" if v else "0" for v in ok.tolist())  # noqa: E731
+    per_sample = {"clean": bits(clean), "pgd": bits(pgd_ok), "robust": bits(robust_ok)}
+    if aa_ok is not None:
+        per_sample["autoattack"] = bits(aa_ok)
+    if sq_ok is not None:
+        per_sample["square"] = bits(sq_ok)
 
     reasons = []
     white_acc = float(white_ok.mean())
@@ -451,4 +486,5 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
             "accuracy_not_decreasing": bool(not_decreasing),
             "large_eps_not_zero": bool(large_flag),
         },
+        "per_sample": per_sample,
     }
