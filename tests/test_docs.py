@@ -21,6 +21,13 @@ def test_docstring_examples(name):
     assert res.failed == 0
 
 
+@pytest.mark.parametrize("page", sorted(p.name for p in (REPO / "docs").glob("*.md") if ">>> " in p.read_text()))
+def test_markdown_doctest_examples(page):
+    res = doctest.testfile(str(REPO / "docs" / page), module_relative=False,
+                           optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.attempted > 0 and res.failed == 0
+
+
 def test_api_page_renders():
     sys.path.insert(0, str(REPO / "docs"))
     try:
