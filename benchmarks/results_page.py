@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -212,6 +213,37 @@ def strong_attacks_table(runs_dir, folder="eval_aa1000", reference="fgsm_rs"):
         print("\n".join(out))
         seeds_table(rows, STRONG_COLUMNS)
         matched_table(rows, reference, STRONG_COLUMNS)
+        paired_autoattack_table(runs_dir, reference, folder)
+
+
+def paired_autoattack_table(runs_dir, reference="fgsm_rs", folder="eval_aa1000"):
+    """AutoAttack run against its seed-matched ``reference`` point by point, where both reports
+    carry the per-point record (``per_sample``, written since session 5): the difference in
+    points and an exact McNemar p-value on the images where the two disagree."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from paired_robustness import mcnemar_exact
+
+    per = {}
+    for name, rep in _reports(runs_dir, folder):
+        bits = (rep["robustness"].get("per_sample") or {}).get("autoattack")
+        if bits:
+            per[name] = bits
+    out = []
+    for name, bits in per.items():
+        base, seed = _split(name)
+        ref = per.get(f"{reference}-s{seed}")
+        if base == reference or seed is None or ref is None or len(ref) != len(bits):
+            continue
+        a_only = sum(a == "1" and b == "0" for a, b in zip(bits, ref))
+        b_only = sum(a == "0" and b == "1" for a, b in zip(bits, ref))
+        out.append(f"| {name} | {reference}-s{seed} | {len(bits)} | {100 * (a_only - b_only) / len(bits):+.1f} | "
+                   f"{a_only} / {b_only} | {mcnemar_exact(a_only, b_only):.3f} |")
+    if out:
+        print()
+        print("| run | against | images | AutoAttack diff (points) | only this run / only the reference robust | "
+              "McNemar p |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(out))
 
 
 def stability_table(runs_dir, folder="eval_stab"):

@@ -74,3 +74,19 @@ def test_strong_attacks_table_summarises_autoattack_over_seeds(page, tmp_path, c
     # mean (range) over the two seeds, then full minus fgsm_rs per seed: AA +3, -1
     assert "| full | 2 | 0.605 (0.600-0.610) | 0.335 (0.320-0.350) | 0.300 (0.290-0.310) |" in lines
     assert "| full | 0,1 | +1.5 (+1.0 to +2.0) | +1.0 (-1.0 to +3.0) | +1.0 (-1.0 to +3.0) |" in lines
+
+
+def test_paired_autoattack_table_counts_discordant_points(page, tmp_path, capsys):
+    records = {"fgsm_rs-s2": "1100110000", "full-s2": "1011111000", "full-s1": "1111111111",
+               "pgd-s2": None}
+    for name, bits in records.items():
+        (tmp_path / name / "eval_aa1000").mkdir(parents=True)
+        rob = {"n_samples": 10, "clean_accuracy": 1.0, "pgd_accuracy": 0.5, "autoattack_accuracy": 0.5}
+        if bits:
+            rob["per_sample"] = {"autoattack": bits}
+        (tmp_path / name / "eval_aa1000" / "report.json").write_text(json.dumps({"robustness": rob}))
+    page.paired_autoattack_table(str(tmp_path))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| full")]
+    # full-s1 has no seed-1 reference and pgd-s2 no record: only full-s2 is paired
+    # full-s2 only: points 2, 3, 6 (3); fgsm_rs-s2 only: point 1 (1); exact McNemar p = 2 * 5/16
+    assert lines == ["| full-s2 | fgsm_rs-s2 | 10 | +20.0 | 3 / 1 | 0.625 |"]
