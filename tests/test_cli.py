@@ -139,3 +139,24 @@ def test_the_config_example_in_the_cli_docs_is_valid(tmp_path):
     (tmp_path / "run.toml").write_text(block)
     cfg = TrainConfig.from_toml(str(tmp_path / "run.toml")).validate()
     assert (cfg.method, cfg.criterion, cfg.top_k) == ("full", "combined", 3)
+
+
+def test_campaign_script_runs_on_written_cifar100(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from attribshield.testing import write_cifar100
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_experiments.py"
+    cmd = [sys.executable, str(script), "--dataset", "cifar100", "--data-root", str(tmp_path / "data"),
+           "--out", str(tmp_path / "runs"), "--methods", "fgsm_rs", "--epochs", "1", "--n-test", "4",
+           "--square-queries", "2", "--threads", "1", "--train-flags", "--batch-size 8 --train-subset 16"]
+    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "no CIFAR-100 in" in missing.stderr  # before any training
+    write_cifar100(tmp_path / "data", n_train=16, n_test=4)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert [(r["run"], r["config"]["dataset"], r["epochs"]) for r in summary] == [("fgsm_rs", "cifar100", 1)]
+    assert "| corruptions mean |" in (tmp_path / "runs" / "summary.md").read_text()
