@@ -136,6 +136,15 @@ def matched_table(rows, reference, columns=MAIN_COLUMNS):
         print(f"| {base} | {','.join(map(str, common))} | " + " | ".join(cell(pairs, i) for i, _ in columns) + " |")
 
 
+def _table(headers, lines):
+    """Print a Markdown table (after a blank line) of pre-formatted ``lines``; nothing without lines."""
+    if lines:
+        print()
+        print("| " + " | ".join(headers) + " |")
+        print("|" + "---|" * len(headers))
+        print("\n".join(lines))
+
+
 def _reports(runs_dir, folder):
     """``(run name, report dict)`` for every run with ``<run>/<folder>/report.json``, sorted."""
     for name in sorted(os.listdir(runs_dir)):
@@ -207,10 +216,8 @@ def strong_attacks_table(runs_dir, folder="eval_aa1000", reference="fgsm_rs"):
                    f"{fmt(aa)} | {fmt(vr)} | {len(bd.get('bound', []))} |")
         rows.append((name, rob["clean_accuracy"], rob["pgd_accuracy"], aa))
     if out:
-        print()
-        print("| run | images | clean | PGD-20 | AutoAttack (standard) | bound violation rate | bound points |")
-        print("|---|---|---|---|---|---|---|")
-        print("\n".join(out))
+        _table(["run", "images", "clean", "PGD-20", "AutoAttack (standard)", "bound violation rate",
+                "bound points"], out)
         seeds_table(rows, STRONG_COLUMNS)
         matched_table(rows, reference, STRONG_COLUMNS)
         paired_autoattack_table(runs_dir, reference, folder)
@@ -238,12 +245,8 @@ def paired_autoattack_table(runs_dir, reference="fgsm_rs", folder="eval_aa1000")
         b_only = sum(a == "0" and b == "1" for a, b in zip(bits, ref))
         out.append(f"| {name} | {reference}-s{seed} | {len(bits)} | {100 * (a_only - b_only) / len(bits):+.1f} | "
                    f"{a_only} / {b_only} | {mcnemar_exact(a_only, b_only):.3f} |")
-    if out:
-        print()
-        print("| run | against | images | AutoAttack diff (points) | only this run / only the reference robust | "
-              "McNemar p |")
-        print("|---|---|---|---|---|---|")
-        print("\n".join(out))
+    _table(["run", "against", "images", "AutoAttack diff (points)",
+            "only this run / only the reference robust", "McNemar p"], out)
 
 
 def stability_table(runs_dir, folder="eval_stab"):
@@ -264,12 +267,8 @@ def stability_table(runs_dir, folder="eval_stab"):
         else:
             bcells = "- | - | - | -"
         out.append(f"| {name} | {stab['mean_topk_intersection']:.3f} | {stab['mean_spearman']:.3f} | {bcells} |")
-    if out:
-        print()
-        print("| run | top-3 overlap | Spearman | bound violation rate | correct points (of 64) | median bound | "
-              "median distortion found |")
-        print("|---|---|---|---|---|---|---|")
-        print("\n".join(out))
+    _table(["run", "top-3 overlap", "Spearman", "bound violation rate", "correct points (of 64)", "median bound",
+            "median distortion found"], out)
 
 
 def explanations(runs_dir, names, out, n=8):
