@@ -11,17 +11,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import fields
 
 from ._runtime import tune_allocator
-from .maskers import CRITERIA
-from .presets import METHODS
+from .presets import TrainConfig, build_estimator, load_dataset
 
 CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
 
 
 def _config_from_args(args):
-    from .presets import TrainConfig
-
     cfg = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.__dataclass_fields__ and v is not None}
@@ -30,8 +28,6 @@ def _config_from_args(args):
 
 def _load_run(model_dir):
     """Rebuild a trained estimator from a ``train`` output folder."""
-    from .presets import TrainConfig, build_estimator
-
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         raise SystemExit(f"error: {model_dir} holds no config.json: is it an 'attribshield train' output folder?")
@@ -55,8 +51,6 @@ def _cmd_demo(args):
 
 def _cmd_train(args):
     from skorch.callbacks import Checkpoint, ProgressBar
-
-    from .presets import build_estimator, load_dataset
 
     cfg = _config_from_args(args)
     os.makedirs(args.out, exist_ok=True)
@@ -137,6 +131,23 @@ def _cmd_explain(args):
     return 0
 
 
+def _add_config_flags(parser):
+    """One flag per :class:`~attribshield.presets.TrainConfig` field (its type, choices and help)."""
+    for f in fields(TrainConfig):
+        help_ = f.metadata.get("help")
+        if help_ is None:  # not a command-line setting (e.g. ``extra``)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        text = f"{help_} (default: {default})"
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, dest=f.name, type=typ, choices=f.metadata.get("choices"), default=None,
+                                help=text)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="attribshield", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,28 +162,7 @@ def build_parser():
     p = sub.add_parser("train", help="train one method; resumable (checkpoints after every epoch)")
     p.add_argument("--config", help="TOML file with a [train] table (keys: see attribshield.presets.TrainConfig)")
     p.add_argument("--out", required=True, help="run folder: config.json, params.pt, history.json, mask_cache.pt")
-    p.add_argument("--dataset", choices=["digits", "cifar10", "cifar100"])
-    p.add_argument("--data-root", dest="data_root")
-    p.add_argument("--model", choices=["digitsnet", "smallcnn", "preactresnet18"])
-    p.add_argument("--method", choices=list(METHODS))
-    p.add_argument("--trades-beta", dest="trades_beta", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--eps", type=float)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--top-k", dest="top_k", type=int)
-    p.add_argument("--criterion", choices=list(CRITERIA),
-                   help="which segments LimeMasker hides (default: combined)")
-    p.add_argument("--reg-weight", dest="reg_weight", type=float)
-    p.add_argument("--mask-weight", dest="mask_weight", type=float)
-    p.add_argument("--lime-samples", dest="lime_samples", type=int)
-    p.add_argument("--refine-every", dest="refine_every", type=int)
-    p.add_argument("--refine-fraction", dest="refine_fraction", type=float)
-    p.add_argument("--train-subset", dest="train_subset", type=int)
-    p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True)
-    p.add_argument("--bf16", action="store_const", const=True)
-    p.add_argument("--device")
-    p.add_argument("--seed", type=int)
+    _add_config_flags(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="per-batch progress bar (default: when stdout is a terminal)")

@@ -13,51 +13,14 @@ from skorch.utils import to_tensor
 from torch.utils.data import Dataset
 
 from ._validation import as_tensor, check_images, check_labels
+from .augment import follow
+from .dataset import ImageDataset, IndexedDataset
 
 __all__ = ["RobustAttributionClassifier", "ImageDataset"]
 
-COMPONENTS = ("attacker", "masker", "regularizer", "explainer")
+COMPONENTS = ("attacker", "masker", "regularizer", "explainer", "augment")
 _AUTOCAST = {None: None, False: None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
              "fp16": torch.float16, "float16": torch.float16}
-
-
-class ImageDataset(Dataset):
-    """Images (float in [0, 1] or uint8) with labels; items are ``({"X": x, "index": i}, y)``.
-
-    The sample index travels with every batch so that per-sample state (the refinement
-    loop's mask cache) stays correct under shuffling and batching.  ``uint8`` images are kept
-    as ``uint8`` in memory (4x smaller) and scaled to [0, 1] per item.
-    """
-
-    def __init__(self, X: torch.Tensor, y=None):
-        self.X = X
-        self.y = y
-        self._scale = X.dtype == torch.uint8
-
-    def __len__(self):
-        return len(self.X)
-
-    def __getitem__(self, i):
-        x = self.X[i]
-        if self._scale:
-            x = x.float().div_(255.0)
-        y = self.y[i] if self.y is not None else torch.tensor(0)
-        return {"X": x, "index": torch.tensor(i)}, y
-
-
-class _IndexedDataset(Dataset):
-    """Wraps a user's ``Dataset`` of ``(x, y)`` items so that the index travels along."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        item = self.dataset[i]
-        x, y = item if isinstance(item, (tuple, list)) else (item, torch.tensor(0))
-        return {"X": torch.as_tensor(x), "index": torch.tensor(i)}, y
 
 
 class RobustAttributionClassifier(NeuralNetClassifier):
@@ -89,6 +52,12 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         Used by :meth:`explain` and by the refinement loop; ``None`` means
         ``LimeExplainer(n_samples=200, sampling="foldover")``, which matches ``lime``'s
         1,000-sample fidelity at a fifth of the cost (docs/explainers.md).
+    augment : callable or None, default=None
+        Training-time augmentation of each batch, e.g.
+        :class:`~attribshield.augment.RandomCropFlip` (random crop with 4-pixel padding and
+        horizontal flips, the standard CIFAR recipe).  Called as ``augment(X) -> (X_aug, src)``
+        where ``src`` maps every output pixel to its source pixel, so that cached masks follow
+        the images.  Applied to training batches only, before the attack.
     clean_weight : float, default=0.0
         With an attacker, the loss is ``(1 - clean_weight) * CE(f(x_adv), y) +
         clean_weight * CE(f(x), y)``.
@@ -156,7 +125,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
                  train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
-                 clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.05,
+                 augment=None, clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.05,
                  input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
                  random_state=None, **kwargs):
         super().__init__(module, criterion=criterion, optimizer=optimizer, train_split=train_split, **kwargs)
@@ -164,6 +133,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         self.masker = masker
         self.regularizer = regularizer
         self.explainer = explainer
+        self.augment = augment
         self.clean_weight = clean_weight
         self.mask_weight = mask_weight
         self.refine_every = refine_every
@@ -290,12 +260,12 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def get_dataset(self, X, y=None):
         """Validate ``X`` (and ``y``) and wrap them in an :class:`ImageDataset`."""
-        if isinstance(X, (ImageDataset, _IndexedDataset)):
+        if isinstance(X, (ImageDataset, IndexedDataset)):
             return X
         if isinstance(X, Dataset):
             if len(X) == 0:
                 raise ValueError("X is an empty Dataset")
-            return _IndexedDataset(X)
+            return IndexedDataset(X)
         cached = self.__dict__.pop("_checked_X", None)
         Xt = cached[1] if cached is not None and cached[0] is X else self._check_X(X)
         yt = None
@@ -450,7 +420,10 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         X, index = self._to_input(Xi)
         y = self._encode_y(to_tensor(yi, device=self.device).long())
         module = self.module_
-        sel = self._batch_selection(index)
+        src = None
+        if self.augment_ is not None:
+            X, src = self.augment_(X)
+        sel = self._batch_selection(index, src)
 
         terms = {}
         if self.attacker_ is not None:
@@ -501,14 +474,22 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         """Backward pass of the training loss; subclasses route it (e.g. through accelerate)."""
         loss.backward()
 
-    def _batch_selection(self, index):
-        """Cached ``(segments, selected, explained)`` of the batch, or ``None`` if none apply."""
+    def _batch_selection(self, index, src=None):
+        """Cached ``(segments, selected, explained)`` of the batch, or ``None`` if none apply.
+
+        With an augmentation's source map ``src``, the segment maps follow the pixels; padding
+        pixels get an extra segment that is never selected.
+        """
         cache = getattr(self, "mask_cache_", None)
         if cache is None or index is None or self.masker_ is None:
             return None
         segments, selected, has = cache.batch(index, self.device)
         if not bool(has.any()):
             return None
+        if src is not None:
+            pad = selected.shape[1]
+            segments = follow(segments, src, pad)
+            selected = torch.cat([selected, selected.new_zeros((len(selected), 1))], dim=1)
         return segments, selected, has
 
     def _perturb(self, module, X, y, sel):

@@ -22,41 +22,70 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
+from .attacks import FGSM, PGD, TRADES
+from .augment import RandomCropFlip
+from .callbacks import one_cycle
+from .data import load_cifar10, load_cifar100, load_digits
+from .estimator import RobustAttributionClassifier
+from .explainers import LimeExplainer
+from .maskers import CRITERIA, LimeMasker
+from .models import DigitsNet, PreActResNet18, SmallCNN
+from .regularizers import SpuriousGradientPenalty
+
 METHODS = ("clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop")
+LR_SCHEDULES = ("constant", "onecycle")
 MODELS = ("digitsnet", "smallcnn", "preactresnet18")
 DATASETS = ("digits", "cifar10", "cifar100")
 
 
+def _opt(default, help, choices=None, **kw):
+    """A config field with its command-line help (the CLI's flags are generated from these)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta, **kw)
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; loadable from a TOML file (``[train]`` table)."""
+    """Everything a training run needs; loadable from a TOML file (``[train]`` table).
 
-    dataset: str = "digits"
-    data_root: str = ".cache/cifar10"
-    verify: bool = False
-    model: str = "digitsnet"
-    method: str = "full"
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eps: float = 8 / 255
-    pgd_steps: int = 7
-    trades_beta: float = 6.0
-    top_k: int = 3
-    criterion: str = "combined"
-    reg_weight: float = 0.05
-    mask_weight: float = 0.25
-    lime_samples: int = 64
-    refine_every: int = 1
-    refine_fraction: float = 0.05
-    train_subset: int = 0
-    channels_last: bool = False
-    bf16: bool = False
-    device: str = "cpu"
-    seed: int = 0
-    extra: dict = field(default_factory=dict)
+    Every field is also a flag of ``attribshield train`` (``data_root`` -> ``--data-root``).
+    """
+
+    dataset: str = _opt("digits", "data set", DATASETS)
+    data_root: str = _opt(".cache/cifar10", "folder holding the CIFAR copy (torchvision's layout)")
+    verify: bool = _opt(False, "check the CIFAR files' md5 as torchvision does")
+    model: str = _opt("digitsnet", "network", MODELS)
+    method: str = _opt("full", "training method (attribshield.presets)", METHODS)
+    epochs: int = _opt(15, "training epochs")
+    batch_size: int = _opt(128, "batch size")
+    lr: float = _opt(0.05, "learning rate (the peak of the one-cycle schedule)")
+    lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or the one-cycle schedule of "
+                            "Wong et al. 2020 (linear up to lr over pct_start of the steps, then down)",
+                            LR_SCHEDULES)
+    pct_start: float = _opt(0.4, "share of the steps the one-cycle schedule spends rising")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    augment: bool = _opt(False, "random crop (4-pixel zero padding) and horizontal flip of training batches")
+    eps: float = _opt(8 / 255, "Linf radius of the attacks")
+    pgd_steps: int = _opt(7, "PGD / TRADES attack steps")
+    trades_beta: float = _opt(6.0, "TRADES beta")
+    top_k: int = _opt(3, "segments hidden per image (of 16)")
+    criterion: str = _opt("combined", "which segments count as spurious (LimeMasker)", CRITERIA)
+    reg_weight: float = _opt(0.05, "weight of the sensitivity penalty")
+    mask_weight: float = _opt(0.25, "weight of the masked-input loss")
+    lime_samples: int = _opt(64, "LIME samples per explained image (exact-LIME methods)")
+    refine_every: int = _opt(1, "re-explain every this many epochs (exact-LIME methods)")
+    refine_fraction: float = _opt(0.05, "share of the training set re-explained per round (exact-LIME methods)")
+    train_subset: int = _opt(0, "train on the first N images only (0: all)")
+    channels_last: bool = _opt(False, "channels-last memory format (faster convolutions on CPUs)")
+    bf16: bool = _opt(False, "bfloat16 autocast for forward passes")
+    device: str = _opt("cpu", "torch device, e.g. cpu or cuda")
+    seed: int = _opt(0, "random seed")
+    extra: dict = field(default_factory=dict, metadata={"help": None})
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -69,8 +98,10 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.eps < 0:
             raise ValueError(f"eps must be >= 0, got {self.eps}")
-        from .maskers import CRITERIA
-
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         if self.top_k < 1:
@@ -101,8 +132,6 @@ class TrainConfig:
 
 def load_dataset(cfg: TrainConfig, train: bool = True):
     """``(X, y, n_classes)``: uint8 arrays for CIFAR (4x less memory), float32 for digits."""
-    from .data import load_cifar10, load_cifar100, load_digits
-
     if cfg.dataset == "digits":
         from sklearn.model_selection import train_test_split
 
@@ -123,15 +152,6 @@ def load_dataset(cfg: TrainConfig, train: bool = True):
 
 def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
     """The :class:`RobustAttributionClassifier` of ``cfg.method`` (see module docstring)."""
-    import torch
-
-    from .attacks import FGSM, PGD, TRADES
-    from .estimator import RobustAttributionClassifier
-    from .explainers import LimeExplainer
-    from .maskers import LimeMasker
-    from .models import DigitsNet, PreActResNet18, SmallCNN
-    from .regularizers import SpuriousGradientPenalty
-
     cfg.validate()
     module = {"digitsnet": DigitsNet, "smallcnn": SmallCNN, "preactresnet18": PreActResNet18}[cfg.model]
     s = cfg.seed
@@ -148,7 +168,13 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
         optimizer=torch.optim.SGD, optimizer__momentum=cfg.momentum, optimizer__weight_decay=cfg.weight_decay,
         iterator_train__shuffle=True, channels_last=cfg.channels_last, autocast="bf16" if cfg.bf16 else None,
         device=cfg.device, random_state=s,
+        augment=RandomCropFlip(padding=4, random_state=s) if cfg.augment else None,
     )
+    callbacks = list(kwargs.pop("callbacks", None) or [])
+    if cfg.lr_schedule == "onecycle":  # sized from the training data when training begins
+        callbacks.append(("lr_scheduler", one_cycle(cfg.lr, cfg.epochs, pct_start=cfg.pct_start)))
+    if callbacks:
+        params["callbacks"] = callbacks
     if cfg.method in ("full", "no_mask", "no_reg", "no_loop"):
         params.update(
             masker=LimeMasker(criterion=cfg.criterion, top_k=cfg.top_k, random_state=s),

@@ -17,6 +17,8 @@ import torch
 from skorch.callbacks import Callback
 from torch.utils.data import Subset
 
+from .dataset import IndexedDataset
+
 __all__ = ["MaskCache", "Refinement"]
 
 
@@ -115,19 +117,10 @@ def _base_dataset(dataset):
 
 
 def _gather(dataset, positions):
-    """Images, labels and dataset indices of ``positions`` (fast path for ImageDataset)."""
-    from .estimator import ImageDataset
-
-    if isinstance(dataset, ImageDataset):
-        idx = torch.as_tensor(positions, dtype=torch.long)
-        X = dataset.X[idx]
-        X = X.float() / 255.0 if X.dtype == torch.uint8 else X
-        return X, dataset.y[idx], idx
-    items = [dataset[int(p)] for p in positions]
-    X = torch.stack([torch.as_tensor(it[0]["X"]) for it in items])
-    y = torch.stack([torch.as_tensor(it[1]) for it in items])
-    idx = torch.stack([torch.as_tensor(it[0]["index"]) for it in items])
-    return X, y, idx
+    """Images, labels and dataset indices of ``positions``."""
+    if hasattr(dataset, "gather"):
+        return dataset.gather(positions)
+    return IndexedDataset(dataset).gather(positions)
 
 
 class Refinement(Callback):
