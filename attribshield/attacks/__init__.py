@@ -4,7 +4,8 @@ Inputs are ``(N, C, H, W)`` tensors in [0, 1]; normalisation belongs inside the 
 """
 from ._threat import NORMS, distance, project
 from .fgsm import FGSM
+from .nfgsm import NFGSM
 from .pgd import PGD, GuidedPGD
 from .trades import TRADES
 
-__all__ = ["FGSM", "PGD", "GuidedPGD", "TRADES", "NORMS", "distance", "project"]
+__all__ = ["FGSM", "NFGSM", "PGD", "GuidedPGD", "TRADES", "NORMS", "distance", "project"]

@@ -3,7 +3,9 @@
 * :func:`load_digits`: scikit-learn's bundled 8x8 digits, the embedded default (offline);
 * :func:`load_cifar10`, :func:`load_cifar100`: torchvision's CIFAR datasets (``download=True``
   downloads; ``verify=False`` accepts re-packed copies);
-* :mod:`attribshield.data.cifar10c`: CIFAR-10-C corruptions, loader and builder.
+* :mod:`attribshield.data.cifar10c`: CIFAR-10-C corruptions, loader and builder;
+* :func:`plant_shortcut`: a Decoy-MNIST-style variant of any image set (a class-coloured
+  corner patch), with :func:`shortcut_segment_mask` for the oracle mask.
 """
 from attribshield.data.cifar import (
     CIFAR10_CLASSES,
@@ -22,6 +24,13 @@ from attribshield.data.cifar10c import (
     load_cifar10c,
 )
 from attribshield.data.digits import DIGITS_CLASSES, load_digits
+from attribshield.data.shortcut import (
+    CORNERS,
+    plant_shortcut,
+    shortcut_palette,
+    shortcut_pixel_mask,
+    shortcut_segment_mask,
+)
 
 __all__ = [
     "load_digits",
@@ -38,4 +47,9 @@ __all__ = [
     "iter_cifar10c",
     "build_cifar10c",
     "get_cifar10c",
+    "plant_shortcut",
+    "shortcut_palette",
+    "shortcut_pixel_mask",
+    "shortcut_segment_mask",
+    "CORNERS",
 ]
