@@ -3,7 +3,8 @@
 Every run is attacked with the same PGD-20 (Linf 8/255, step 2.5 eps / 20, one random start,
 seed 0) on the same first ``--n-test`` CIFAR-10 test images. Because the images are shared,
 differences between two runs are judged on the images where they disagree: an exact McNemar
-test and a bootstrap 95 % interval of the accuracy difference (10,000 resamples of images).
+test and a bootstrap 95 % interval of the accuracy difference (10,000 resamples of images), both
+from ``attribshield.evaluation.stats``.
 
     .venv/bin/python benchmarks/paired_robustness.py --runs fgsm_rs-s0 full-s0 pgd-s0 no_loop-s0 \
         --baseline fgsm_rs-s0 --n-test 1000
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -28,23 +28,12 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def mcnemar_exact(a_only: int, b_only: int) -> float:
-    """Two-sided exact McNemar p-value from the two discordant counts."""
-    n = a_only + b_only
-    if n == 0:
-        return 1.0
-    k = min(a_only, b_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return min(1.0, 2 * tail)
-
-
-def bootstrap_diff(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0):
-    """95 % percentile interval of mean(a) - mean(b) over resampled images."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    d = a[idx].mean(1) - b[idx].mean(1)
-    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+from attribshield.evaluation.stats import (  # noqa: E402
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    pooled_mcnemar_exact,
+    seed_matched_differences,
+)
 
 
 def main():
@@ -91,11 +80,11 @@ def main():
         row = {"run": name}
         for key in ("clean", "pgd"):
             a, b = per[name][key], base[key]
-            lo, hi = bootstrap_diff(a, b)
+            ci = paired_bootstrap_ci(a, b, confidence=0.95, n_resamples=10000, random_state=0)
             row[key] = float(a.mean())
             row[f"{key}_diff"] = float(a.mean() - b.mean())
-            row[f"{key}_ci"] = (lo, hi)
-            row[f"{key}_p"] = mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum()))
+            row[f"{key}_ci"] = (ci["low"], ci["high"])
+            row[f"{key}_p"] = mcnemar_exact(a, b)["pvalue"]
         rows.append(row)
     n_img = len(base["pgd"])
     print(f"\n{n_img} test images, PGD-{args.steps} (1 start), differences against {args.baseline}\n")
@@ -142,13 +131,15 @@ def seed_matched(per: dict, baseline: str) -> list:
         common = sorted(set(runs) & set(base))
         if m == base_method or len(common) < 2:
             continue
-        a = np.concatenate([runs[k]["pgd"] for k in common])
-        b = np.concatenate([base[k]["pgd"] for k in common])
+        diffs = {key: seed_matched_differences({k: float(runs[k][key].mean()) for k in common},
+                                               {k: float(base[k][key].mean()) for k in common})["differences"]
+                 for key in ("clean", "pgd")}
         out.append({
             "method": m, "seeds": common,
-            "clean_diffs": [float(runs[k]["clean"].mean() - base[k]["clean"].mean()) for k in common],
-            "pgd_diffs": [float(runs[k]["pgd"].mean() - base[k]["pgd"].mean()) for k in common],
-            "pgd_pooled_p": mcnemar_exact(int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())),
+            "clean_diffs": diffs["clean"],
+            "pgd_diffs": diffs["pgd"],
+            # the seeds' image pairs stacked: discordant counts summed over the seeds
+            "pgd_pooled_p": pooled_mcnemar_exact((runs[k]["pgd"], base[k]["pgd"]) for k in common)["pvalue"],
         })
     return out
 

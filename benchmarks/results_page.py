@@ -18,7 +18,12 @@ import os
 import statistics
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from attribshield.evaluation.stats import mcnemar_exact, seed_matched_differences  # noqa: E402
 
 
 def main():
@@ -122,18 +127,18 @@ def matched_table(rows, reference, columns=MAIN_COLUMNS):
     print(f"| run | seeds matched with {reference} | " + " | ".join(h for _, h in columns) + " |")
     print("|---|---|" + "---|" * len(columns))
 
-    def cell(pairs, i):
-        d = [100 * (a[i] - b[i]) for a, b in pairs if a[i] is not None and b[i] is not None]
-        if len(d) < 2:
-            return f"{d[0]:+.1f}" if d else "-"
-        return f"{statistics.mean(d):+.1f} ({min(d):+.1f} to {max(d):+.1f})"
+    def cell(seeds, i):
+        d = seed_matched_differences({s: r[i] for s, r in seeds.items()}, {s: r[i] for s, r in ref.items()},
+                                     scale=100)
+        if len(d["differences"]) < 2:
+            return f"{d['mean']:+.1f}" if d["differences"] else "-"
+        return f"{d['mean']:+.1f} ({d['min']:+.1f} to {d['max']:+.1f})"
 
     for base, seeds in sorted(by.items()):
         common = sorted(set(seeds) & set(ref))
         if base == reference or not common:
             continue
-        pairs = [(seeds[s], ref[s]) for s in common]
-        print(f"| {base} | {','.join(map(str, common))} | " + " | ".join(cell(pairs, i) for i, _ in columns) + " |")
+        print(f"| {base} | {','.join(map(str, common))} | " + " | ".join(cell(seeds, i) for i, _ in columns) + " |")
 
 
 def _table(headers, lines):
@@ -226,10 +231,8 @@ def strong_attacks_table(runs_dir, folder="eval_aa1000", reference="fgsm_rs"):
 def paired_autoattack_table(runs_dir, reference="fgsm_rs", folder="eval_aa1000"):
     """AutoAttack run against its seed-matched ``reference`` point by point, where both reports
     carry the per-point record (``per_sample``, written since session 5): the difference in
-    points and an exact McNemar p-value on the images where the two disagree."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from paired_robustness import mcnemar_exact
-
+    points and an exact McNemar p-value on the images where the two disagree
+    (:func:`attribshield.evaluation.stats.mcnemar_exact`)."""
     per = {}
     for name, rep in _reports(runs_dir, folder):
         bits = (rep["robustness"].get("per_sample") or {}).get("autoattack")
@@ -241,12 +244,19 @@ def paired_autoattack_table(runs_dir, reference="fgsm_rs", folder="eval_aa1000")
         ref = per.get(f"{reference}-s{seed}")
         if base == reference or seed is None or ref is None or len(ref) != len(bits):
             continue
-        a_only = sum(a == "1" and b == "0" for a, b in zip(bits, ref))
-        b_only = sum(a == "0" and b == "1" for a, b in zip(bits, ref))
+        test = mcnemar_exact(_bits(bits), _bits(ref))
+        a_only, b_only = test["n10"], test["n01"]
         out.append(f"| {name} | {reference}-s{seed} | {len(bits)} | {100 * (a_only - b_only) / len(bits):+.1f} | "
-                   f"{a_only} / {b_only} | {mcnemar_exact(a_only, b_only):.3f} |")
+                   f"{a_only} / {b_only} | {test['pvalue']:.3f} |")
     _table(["run", "against", "images", "AutoAttack diff (points)",
             "only this run / only the reference robust", "McNemar p"], out)
+
+
+def _bits(record):
+    """A report's per-point record (``"1"``: robust, ``"0"``: not, one character a point) as bools."""
+    if not set(record) <= {"0", "1"}:
+        raise ValueError(f"a per-point record holds only '0' and '1', got {sorted(set(record) - {'0', '1'})}")
+    return np.array([c == "1" for c in record], dtype=bool)
 
 
 def stability_table(runs_dir, folder="eval_stab"):
@@ -263,7 +273,8 @@ def stability_table(runs_dir, folder="eval_stab"):
             ok = [i for i, m in enumerate(bd["margin"]) if float(m) > 0]
             bnd = [float(bd["bound"][i]) for i in ok]
             dist = [float(bd["distortion"][i]) for i in ok]
-            bcells = (f"{bd['violation_rate']:.3f} | {len(ok)} | {statistics.median(bnd):.4f} | {statistics.median(dist):.4f}")
+            bcells = (f"{bd['violation_rate']:.3f} | {len(ok)} | {statistics.median(bnd):.4f} | "
+                      f"{statistics.median(dist):.4f}")
         else:
             bcells = "- | - | - | -"
         out.append(f"| {name} | {stab['mean_topk_intersection']:.3f} | {stab['mean_spearman']:.3f} | {bcells} |")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from attribshield.data import cifar10c
+from attribshield.data import _corruption_kernels as kernels
 from attribshield.data.cifar10c import (
     ALL_CORRUPTIONS,
     CORRUPTIONS,
@@ -128,7 +128,7 @@ def test_elastic_local_field_grows_with_severity():
     x = smooth_images(8, seed=5).transpose(0, 2, 3, 1).astype(np.float64)
     d = []
     for alpha, sigma, _ in PARAMETERS["elastic_transform"][1:]:
-        out = cifar10c._elastic_transform(x, (alpha, sigma, 0.0), np.random.default_rng(0))
+        out = kernels._elastic_transform(x, (alpha, sigma, 0.0), np.random.default_rng(0))
         d.append(np.sqrt(((out - x) ** 2).mean()))
     assert all(a < b for a, b in zip(d, d[1:])), d
 
@@ -146,10 +146,10 @@ def test_noise_statistics_match_parameters():
 
 
 def test_defocus_kernel_and_zoom_match_references():
-    k = cifar10c._disk(0.3, 0.4)  # disk of one pixel blurred by a 3x3 Gaussian
+    k = kernels._disk(0.3, 0.4)  # disk of one pixel blurred by a 3x3 Gaussian
     g = np.exp(-np.array([1.0, 0.0, 1.0]) / (2 * 0.4**2))
     np.testing.assert_allclose(k, np.outer(g, g) / np.outer(g, g).sum(), atol=1e-12)
-    assert abs(cifar10c._disk(1.5, 0.1).sum() - 1) < 1e-12
+    assert abs(kernels._disk(1.5, 0.1).sum() - 1) < 1e-12
     # zoom as scipy.ndimage.zoom(order=1) of the centre crop, as the generator does
     x = np.random.default_rng(0).random((2, 32, 32, 3))
     for z in (1.03, 1.17, 1.25, 1.75):
@@ -157,14 +157,14 @@ def test_defocus_kernel_and_zoom_match_references():
         top = (32 - ch) // 2
         ref = ndimage.zoom(x[:, top:top + ch, top:top + ch], (1, z, z, 1), order=1)
         t = (ref.shape[1] - 32) // 2
-        np.testing.assert_allclose(cifar10c._clipped_zoom(x, z), ref[:, t:t + 32, t:t + 32], atol=1e-12)
+        np.testing.assert_allclose(kernels._clipped_zoom(x, z), ref[:, t:t + 32, t:t + 32], atol=1e-12)
 
 
 def test_glass_blur_copies_like_the_generator():
     # with sigma ~ 0 every output pixel comes from itself or an up/left neighbour
     x = np.arange(32 * 32 * 3, dtype=np.float64).reshape(1, 32, 32, 3) / (32 * 32 * 3)
-    out = cifar10c._glass_blur(x, (1e-6, 1, 1), np.random.default_rng(0))
-    src = cifar10c._to_uint8_trunc(x) / 255
+    out = kernels._glass_blur(x, (1e-6, 1, 1), np.random.default_rng(0))
+    src = kernels._to_uint8_trunc(x) / 255
     moved = 0
     for i in range(2, 32):
         for j in range(2, 32):
@@ -363,7 +363,7 @@ def test_frost_textures_procedural_and_photos():
         np.testing.assert_allclose(tex.reshape(-1, 3).std(0), std, rtol=0.15)
     np.testing.assert_array_equal(proc[0], _frost._procedural()[0])  # seeded
     x = smooth_images(3).transpose(0, 2, 3, 1).astype(np.float64)
-    out = cifar10c._frost(x, PARAMETERS["frost"][4], np.random.default_rng(0), textures=proc)
+    out = kernels._frost(x, PARAMETERS["frost"][4], np.random.default_rng(0), textures=proc)
     assert out.shape == x.shape and (out >= x * 0.75 - 1e-12).all() and (out - 0.75 * x).mean() > 0.1
     with pytest.raises(ValueError, match="procedural"):
         _frost.frost_textures("photos")

@@ -90,3 +90,9 @@ def test_paired_autoattack_table_counts_discordant_points(page, tmp_path, capsys
     # full-s1 has no seed-1 reference and pgd-s2 no record: only full-s2 is paired
     # full-s2 only: points 2, 3, 6 (3); fgsm_rs-s2 only: point 1 (1); exact McNemar p = 2 * 5/16
     assert lines == ["| full-s2 | fgsm_rs-s2 | 10 | +20.0 | 3 / 1 | 0.625 |"]
+
+
+def test_per_point_records_must_be_bits(page):
+    assert page._bits("1001").tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="only '0' and '1'"):
+        page._bits("10x1")

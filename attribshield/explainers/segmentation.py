@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import torch
+from skimage.segmentation import relabel_sequential
 
 from .._validation import check_images
 from ..base import Component
@@ -35,6 +36,10 @@ MIN_SEGMENTS = 4
 def relabel_consecutive(segments: torch.Tensor) -> torch.Tensor:
     """Relabel each image's segment map to consecutive labels ``0..S_n-1``.
 
+    A per-image wrapper of :func:`skimage.segmentation.relabel_sequential`: each image's
+    labels are shifted so that the smallest becomes 0 (which ``relabel_sequential`` keeps as
+    0), then the others are numbered 1, 2, ... in increasing order.
+
     Parameters
     ----------
     segments : torch.Tensor of shape (N, H, W), integer
@@ -43,12 +48,25 @@ def relabel_consecutive(segments: torch.Tensor) -> torch.Tensor:
     Returns
     -------
     torch.Tensor of shape (N, H, W), int64
-        Labels ordered like the sorted unique input labels of each image.
+        Labels ordered like the sorted unique input labels of each image; on ``segments``'
+        device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> relabel_consecutive(torch.tensor([[[7, 7], [-2, 30]], [[4, 1], [1, 4]]]))
+    tensor([[[1, 1],
+             [0, 2]],
+    <BLANKLINE>
+            [[1, 0],
+             [0, 1]]])
     """
     out = torch.empty_like(segments, dtype=torch.long)
     for i in range(segments.shape[0]):
-        _, inv = torch.unique(segments[i], return_inverse=True)
-        out[i] = inv.reshape(segments.shape[1:])
+        labels = segments[i].detach().cpu().numpy().astype(np.int64)
+        if labels.size:  # relabel_sequential rejects empty and negative label fields
+            labels -= labels.min()
+            out[i] = torch.from_numpy(relabel_sequential(labels)[0].astype(np.int64, copy=False))
     return out
 
 
@@ -140,7 +158,8 @@ class SlicSegmenter(Component):
         from skimage.segmentation import slic
 
         X = check_images(X)
-        if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, (int, np.integer)) or self.n_segments < 1:
+        n_segments = self.n_segments
+        if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments < 1:
             raise ValueError(f"SlicSegmenter.n_segments must be a positive integer, got {self.n_segments!r}")
         arr = _to_hwc_numpy(X)
         out = np.stack(

@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 from ..explainers.lime import segment_means
 
@@ -68,11 +69,16 @@ def pixel_mask(segments: torch.Tensor, selected: torch.Tensor, dtype: torch.dtyp
 
 
 def gaussian_blur(X: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of every channel (replicate padding, same size).
+    """Gaussian blur of every channel (replicate padding, same size).
+
+    torchvision's :func:`~torchvision.transforms.v2.functional.gaussian_blur` with a kernel of
+    ``2 r + 1`` taps, ``r = max(1, ceil(3 sigma))``, applied to ``X`` padded by ``r`` pixels
+    that repeat the border ones (torchvision itself reflects at the border, and reflection
+    needs ``r`` smaller than the image; the padded rim it reflects is cropped away).
 
     Parameters
     ----------
-    X : torch.Tensor of shape (N, C, H, W)
+    X : torch.Tensor of shape (N, C, H, W), floating
     sigma : float
         Standard deviation in pixels (> 0); the kernel is truncated at ``3 sigma``.
 
@@ -80,18 +86,29 @@ def gaussian_blur(X: torch.Tensor, sigma: float) -> torch.Tensor:
     -------
     torch.Tensor of shape (N, C, H, W)
         Same dtype and device; a convex combination of pixels, so it stays in [0, 1].
+
+    Notes
+    -----
+    torchvision convolves with the full 2-D kernel (``(2 r + 1)^2`` taps) rather than two 1-D
+    passes: on a CPU, 128 CIFAR images at the default ``sigma`` of 32x32 images (4 pixels)
+    take about 3x as long as a separable blur; at ``sigma = 1`` it is as fast.
+
+    Examples
+    --------
+    >>> import torch
+    >>> X = torch.zeros(1, 1, 7, 7)
+    >>> X[0, 0, 3, 3] = 1.0
+    >>> B = gaussian_blur(X, 0.5)  # radius 2: the 5 x 5 kernel stays inside the image here
+    >>> B.shape, round(float(B.sum()), 4), round(float(B[0, 0, 3, 3]), 4)
+    (torch.Size([1, 1, 7, 7]), 1.0, 0.6187)
+    >>> C = torch.full((2, 3, 8, 8), 0.4)
+    >>> bool(torch.allclose(gaussian_blur(C, 3.0), C))  # radius 9 > 8 pixels: fine
+    True
     """
-    n, c, h, w = X.shape
     radius = max(1, int(math.ceil(3.0 * float(sigma))))
-    t = torch.arange(-radius, radius + 1, device=X.device, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / float(sigma)) ** 2)
-    k = (k / k.sum()).to(X.dtype)
-    x = X.reshape(n * c, 1, h, w)
-    x = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    x = F.conv2d(x, k.reshape(1, 1, 1, -1))
-    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.reshape(1, 1, -1, 1))
-    return x.reshape(n, c, h, w)
+    x = F.pad(X, (radius, radius, radius, radius), mode="replicate")
+    x = TF.gaussian_blur(x, kernel_size=[2 * radius + 1] * 2, sigma=[float(sigma)] * 2)
+    return x[..., radius:-radius, radius:-radius]
 
 
 def masked_region_mean(X: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
