@@ -1,15 +1,16 @@
-"""Private helpers shared by the evaluation functions: validation, devices, batching."""
+"""Small helpers shared by the package (devices, batching, validation of common arguments)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import numbers
 
 import numpy as np
 import torch
 
-from .._validation import check_images, check_labels
-from ..base import get_module
+from ._validation import check_images, check_labels
+from .base import get_module
 
 
 def module_device(module: torch.nn.Module, default=None) -> torch.device:
@@ -28,6 +29,23 @@ def prepare(model, X, y):
     yt = check_labels(y, Xt.shape[0])
     device = module_device(module, Xt.device)
     return module, Xt.to(device), yt.to(device), device
+
+
+def check_flag(value, name) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def channels_last_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``module`` whose 4-D parameters and buffers are in ``channels_last``.
+
+    The copy computes the same function (up to float rounding: convolution kernels differ by
+    memory format) and keeps every submodule's train/eval flag; ``module`` is not modified.
+    Inputs can stay in the default format: the first convolution's output follows its
+    weights' format, and so does the input gradient.
+    """
+    return copy.deepcopy(module).to(memory_format=torch.channels_last)
 
 
 def check_batch_size(batch_size) -> int:

@@ -23,7 +23,7 @@ import torch
 
 from .attacks._threat import check_norm, project, random_start, step
 from .base import eval_mode, make_generator
-from .evaluation._utils import prepare
+from ._utils import prepare
 
 __all__ = ["margin", "attribution_lower_bound", "minimal_adversarial_distortion", "bound_violation_rate"]
 

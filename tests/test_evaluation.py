@@ -18,6 +18,7 @@ from attribshield.evaluation import (
     corruption_accuracy,
     evaluate_model,
     make_robust_scorer,
+    occlusion_accuracy,
     robust_accuracy,
     robustness_report,
     segment_spearman,
@@ -542,3 +543,113 @@ def test_report_bound_medians_skip_misclassified_points():
     assert "median bound: 0.03" in text  # over the two correct points, not 0.01 over all four
     assert "median distortion found: 0.03" in text
     assert "(1 points without an adversarial example" in text
+
+
+# --------------------------------------------------------------------------- occlusion in the report
+def test_evaluate_model_occlusion_section_report_and_progress(tmp_path, capsys):
+    model = _linear()
+    X = _data(8)
+    y = _labels_from(model, X, flip=[2])
+    res = evaluate_model(model, X, y, eps=0.05, steps=2, restarts=1, n_queries=10, occlusion=(1, 2, 3, 4),
+                         occlusion_samples=20, out_dir=tmp_path, progress=True)
+    occ = res["occlusion"]
+    assert occ["k"] == [1, 2, 3, 4] and occ["segments"] == 16 and occ["fill"] == "mean"
+    assert occ["clean_accuracy"] == res["robustness"]["clean_accuracy"] == 7 / 8
+    for mode in ("random", "attributed"):
+        assert len(occ[mode]) == 4 and all(0 <= a <= 1 for a in occ[mode])
+        assert [s.count("1") / 8 for s in occ["per_sample"][mode]] == occ[mode]
+    # the same numbers as the function called directly
+    direct = occlusion_accuracy(model, X, y, [1, 2, 3, 4], random_state=0)
+    assert occ["random"] == [direct[k] for k in (1, 2, 3, 4)]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Occlusion" in md and "| k | random | attributed |" in md
+    assert f"| 3 | {occ['random'][2]:.4f} | {occ['attributed'][2]:.4f} |" in md
+    assert (tmp_path / "occlusion.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "report.json").read_text())["occlusion"]["k"] == [1, 2, 3, 4]
+    err = capsys.readouterr().err
+    assert "occlusion of k = 1, 2, 3, 4 of 16 segments" in err
+    assert "  occlusion (random), k = 1/2/3/4: " in err and "  occlusion (attributed), k = 1/2/3/4: " in err
+    # off by default; True means (1, 2, 3, 4)
+    assert "occlusion" not in evaluate_model(model, X, y, eps=0.05, steps=1, restarts=1, n_queries=5)
+    res = evaluate_model(model, X, y, eps=0.05, steps=1, restarts=1, n_queries=5, occlusion=True, occlusion_samples=10)
+    assert res["occlusion"]["k"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kwargs, match", [({"occlusion": [17]}, "larger than the number of segments"),
+                                           ({"occlusion": [1, -1]}, "k must"),
+                                           ({"occlusion": []}, "empty"),
+                                           ({"occlusion": [1], "occlusion_samples": 1}, "occlusion_samples"),
+                                           ({"channels_last": "yes"}, "channels_last")])
+def test_evaluate_model_rejects_bad_occlusion_before_any_attack(kwargs, match, monkeypatch):
+    from attribshield.evaluation import report
+
+    def boom(*a, **k):
+        raise AssertionError("the attacks ran before the arguments were checked")
+
+    monkeypatch.setattr(report, "robustness_report", boom)
+    model = _linear()
+    X = _data(4)
+    with pytest.raises(ValueError, match=match):
+        evaluate_model(model, X, _labels_from(model, X), eps=0.05, **kwargs)
+
+
+def test_write_report_renders_an_occlusion_table_and_plot(tmp_path):
+    results = {"occlusion": {"k": [1, 2], "random": [0.9, 0.8], "attributed": [0.5, 0.25], "clean_accuracy": 1.0,
+                             "segments": 16, "fill": "mean", "explainer": "LIME (200 foldover samples)"}}
+    paths = write_report(results, tmp_path)
+    md = paths["markdown"].read_text()
+    assert "| 1 | 0.9000 | 0.5000 |" in md and "| 2 | 0.8000 | 0.2500 |" in md
+    assert "k of each image's 16 segments" in md and "Clean accuracy: 1.0000" in md
+    assert [p.name for p in paths["figures"]] == ["occlusion.png"]
+
+
+def test_cli_evaluate_occlusion_and_channels_last_flags():
+    from attribshield.cli import build_parser
+
+    parse = build_parser().parse_args
+    args = parse(["evaluate", "--model", "run"])
+    assert args.occlusion == [1, 2, 3, 4] and args.occlusion_samples == 200 and args.channels_last is False
+    args = parse(["evaluate", "--model", "run", "--occlusion", "2", "5", "--occlusion-samples", "50",
+                  "--channels-last"])
+    assert args.occlusion == [2, 5] and args.occlusion_samples == 50 and args.channels_last is True
+    assert parse(["evaluate", "--model", "run", "--no-occlusion"]).occlusion is None
+
+
+# --------------------------------------------------------------------------- channels_last
+def _tiny_conv(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    with torch.no_grad():  # non-trivial running statistics
+        model[1].running_mean.uniform_(-0.1, 0.1)
+        model[1].running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_channels_last_gives_identical_accuracies_and_leaves_the_module_alone():
+    model = _tiny_conv()
+    X = _data(16, shape=(3, 8, 8))
+    y = _labels_from(model, X, flip=[0, 5])
+    state = copy.deepcopy(model.state_dict())
+    kw = dict(eps=0.01, steps=3, restarts=1, n_queries=20)
+    a = robustness_report(model, X, y, **kw)
+    b = robustness_report(model, X, y, channels_last=True, **kw)
+    assert a["settings"]["channels_last"] is False and b["settings"]["channels_last"] is True
+    assert 0 < a["pgd_accuracy"] < a["clean_accuracy"]  # non-trivial at this radius
+    for key in ("clean_accuracy", "pgd_accuracy", "square_accuracy", "robust_accuracy", "eps_curve", "large_eps",
+                "per_sample"):
+        assert a[key] == b[key], key
+    # torchattacks' AutoAttack copes with the channels_last gradients (a radius that keeps it short)
+    kw = dict(eps=0.05, steps=3, restarts=1, square=False, autoattack=True, n_classes=4)
+    a, b = robustness_report(model, X, y, **kw), robustness_report(model, X, y, channels_last=True, **kw)
+    assert a["per_sample"] == b["per_sample"]
+    for k, v in model.state_dict().items():  # the caller's module: same values, same (default) layout
+        assert torch.equal(v, state[k]) and v.is_contiguous(), k
+    ra = evaluate_model(model, X, y, eps=0.01, steps=2, restarts=1, n_queries=10, occlusion=(1, 3),
+                        occlusion_samples=20)
+    rb = evaluate_model(model, X, y, eps=0.01, steps=2, restarts=1, n_queries=10, occlusion=(1, 3),
+                        occlusion_samples=20, channels_last=True)
+    assert ra["occlusion"] == rb["occlusion"] and ra["robustness"]["per_sample"] == rb["robustness"]["per_sample"]
+    assert rb["robustness"]["settings"]["channels_last"] is True
+    with pytest.raises(ValueError, match="channels_last"):
+        robustness_report(model, X, y, eps=0.01, channels_last=1)

@@ -2,14 +2,16 @@
 
 Accuracy under our attacks and under independent ones (torchattacks' AutoAttack and the
 black-box Square attack), gradient-masking checks, accuracy under common corruptions
-(CIFAR-10-C), stability of LIME explanations under attack, a robust-accuracy scorer for
-scikit-learn searches, and JSON/Markdown/PNG reports.
+(CIFAR-10-C) and under occlusion of image segments (random ones, or those the model's own
+attributions rank highest), stability of LIME explanations under attack, a robust-accuracy
+scorer for scikit-learn searches, and JSON/Markdown/PNG reports.
 
 Every function takes a ``torch.nn.Module`` returning logits or a fitted
 :class:`~attribshield.RobustAttributionClassifier`, plus images ``X`` ``(N, C, H, W)`` in
 [0, 1] and labels ``y`` ``(N,)``.
 """
 from .corruptions import corruption_accuracy
+from .occlusion import occlude_segments, occlusion_accuracy
 from .report import evaluate_model, write_report
 from .robust import (
     accuracy_vs_eps,
@@ -21,8 +23,13 @@ from .robust import (
 )
 from .scoring import make_robust_scorer
 from .stability import attribution_stability, segment_spearman, topk_intersection
+from .stats import mcnemar_exact, paired_bootstrap_ci, pooled_mcnemar_exact, seed_matched_differences
 
 __all__ = [
+    "mcnemar_exact",
+    "pooled_mcnemar_exact",
+    "paired_bootstrap_ci",
+    "seed_matched_differences",
     "clean_accuracy",
     "robust_accuracy",
     "autoattack_accuracy",
@@ -30,6 +37,8 @@ __all__ = [
     "accuracy_vs_eps",
     "robustness_report",
     "corruption_accuracy",
+    "occlusion_accuracy",
+    "occlude_segments",
     "attribution_stability",
     "topk_intersection",
     "segment_spearman",

@@ -10,14 +10,15 @@ import numpy as np
 from .._validation import check_labels
 from ..base import get_module
 from .robust import clean_accuracy
-from ._utils import check_batch_size
+from tqdm.auto import tqdm
+
+from .._utils import check_batch_size
+from ..data.cifar10c import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 
 __all__ = ["corruption_accuracy"]
 
 
 def _default_corruptions():
-    from ..data.cifar10c import CORRUPTIONS
-
     return tuple(CORRUPTIONS)
 
 
@@ -93,8 +94,6 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
         n = len(next(iter(X.values())))
         y = check_labels(y, n)
     else:
-        from ..data.cifar10c import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
-
         known = set(CORRUPTIONS) | set(EXTRA_CORRUPTIONS)
         unknown = [c for c in corruptions if c not in known]
         if unknown:
@@ -106,8 +105,6 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
     table = {name: {} for name in corruptions}
     pairs = [(name, s) for name in corruptions for s in sevs]
     if progress:
-        from tqdm.auto import tqdm
-
         pairs = tqdm(pairs, desc="corruptions", unit="block")
     for name, s in pairs:
         if precomputed:

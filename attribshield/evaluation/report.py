@@ -8,12 +8,28 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["evaluate_model", "write_report"]
+from .._utils import channels_last_copy, check_flag
+from .._validation import check_images, check_labels, check_positive
+from ..attacks import PGD
+from ..base import get_module
+from ..explainers import LimeExplainer
+from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
+from ..explainers.segmentation import default_segmenter
+from .corruptions import corruption_accuracy
+from .occlusion import _check_ks, occlusion_accuracy
+from .robust import clean_accuracy, robustness_report
+from .stability import attribution_stability
+
+__all__ = ["evaluate_model", "write_report", "DEFAULT_OCCLUSION"]
+
+#: occlusion sizes of ``evaluate_model(occlusion=True)`` and of ``attribshield evaluate``
+DEFAULT_OCCLUSION = (1, 2, 3, 4)
 
 
 def _jsonable(obj):
@@ -46,6 +62,10 @@ def _fmt(v, digits=4):
     return str(v)
 
 
+def _fill_words(fill) -> str:
+    return "each with its own mean colour" if fill == "mean" else f"with the constant {fill}"
+
+
 def _markdown(results: dict) -> str:
     lines = ["# attribshield evaluation report", ""]
     rob = results.get("robustness")
@@ -72,6 +92,18 @@ def _markdown(results: dict) -> str:
         else:
             lines += ["No sign of gradient masking in the checks run (black-box vs white-box, "
                       "monotonicity in eps, accuracy at a very large eps).", ""]
+    occ = results.get("occlusion")
+    if occ:
+        modes = [m for m in ("random", "attributed") if occ.get(m) is not None]
+        lines += ["## Occlusion", "",
+                  f"Accuracy when k of each image's {occ.get('segments', '?')} segments are filled "
+                  f"({_fill_words(occ.get('fill', 'mean'))}): chosen at random per image, or the model's own "
+                  f"top-k segments by {occ.get('explainer', 'attribution')} for its clean prediction. "
+                  f"Clean accuracy: {_fmt(occ.get('clean_accuracy'))}.", "",
+                  "| k | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+        for i, k in enumerate(occ["k"]):
+            lines.append(f"| {k} | " + " | ".join(_fmt(occ[m][i]) for m in modes) + " |")
+        lines.append("")
     cor = results.get("corruptions")
     if cor:
         sevs = cor["severities"]
@@ -80,7 +112,8 @@ def _markdown(results: dict) -> str:
                   "|---|" + "---|" * (len(sevs) + 1)]
         for c in cor["corruptions"]:
             row = cor["table"][c]
-            lines.append(f"| {c} | " + " | ".join(_fmt(row[s]) for s in sevs) + f" | {_fmt(cor['per_corruption'][c])} |")
+            lines.append(f"| {c} | " + " | ".join(_fmt(row[s]) for s in sevs)
+                         + f" | {_fmt(cor['per_corruption'][c])} |")
         lines.append("")
     st = results.get("stability")
     if st:
@@ -145,6 +178,30 @@ def _plot_corruptions(results, path):
     plt.close(fig)
 
 
+def _plot_occlusion(results, path):
+    import matplotlib.pyplot as plt
+
+    occ = results["occlusion"]
+    ks = list(occ["k"])
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for mode, mk in (("random", "o-"), ("attributed", "s-")):
+        if occ.get(mode) is None:
+            continue
+        xs, ys = ks, list(occ[mode])
+        if 0 not in ks and occ.get("clean_accuracy") is not None:  # the curves start at the clean accuracy
+            xs, ys = [0] + xs, [occ["clean_accuracy"]] + ys
+        ax.plot(xs, ys, mk, label=mode)
+    ax.set_xlabel(f"occluded segments k (of {occ.get('segments', '?')})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(sorted(set([0] + ks)))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot_bounds(results, path):
     import matplotlib.pyplot as plt
 
@@ -170,10 +227,13 @@ def write_report(results: dict, out_dir) -> dict:
     Parameters
     ----------
     results : dict
-        Any of the keys ``robustness`` (a :func:`robustness_report` dict), ``corruptions``
-        (a :func:`corruption_accuracy` dict), ``stability`` (an
-        :func:`attribution_stability` dict) and ``bounds`` (``bound``, ``distortion``,
-        ``norm``, ``radius``, ``violation_rate``); other keys are copied into the JSON.
+        Any of the keys ``robustness`` (a :func:`robustness_report` dict), ``occlusion``
+        (``k``, ``random`` and/or ``attributed``: one accuracy per ``k``, optionally
+        ``clean_accuracy``, ``segments``, ``fill``, ``explainer``; what
+        :func:`evaluate_model` stores), ``corruptions`` (a :func:`corruption_accuracy` dict),
+        ``stability`` (an :func:`attribution_stability` dict) and ``bounds`` (``bound``,
+        ``distortion``, ``norm``, ``radius``, ``violation_rate``); other keys are copied
+        into the JSON.
     out_dir : str or path-like
         Created if needed.
 
@@ -181,7 +241,8 @@ def write_report(results: dict, out_dir) -> dict:
     -------
     paths : dict
         ``{"json": Path, "markdown": Path, "figures": list of Path}``.  Figures:
-        ``accuracy_vs_eps.png`` (with ``robustness``), ``corruptions.png`` (with
+        ``accuracy_vs_eps.png`` (with ``robustness``), ``occlusion.png`` (accuracy vs
+        ``k``, one line per mode, with ``occlusion``), ``corruptions.png`` (with
         ``corruptions``), ``bound_vs_distortion.png`` (with ``bounds``).
     """
     if not isinstance(results, dict):
@@ -202,6 +263,7 @@ def write_report(results: dict, out_dir) -> dict:
     matplotlib.use("Agg")
     try:
         for key, fn, name in (("robustness", _plot_curve, "accuracy_vs_eps.png"),
+                              ("occlusion", _plot_occlusion, "occlusion.png"),
                               ("corruptions", _plot_corruptions, "corruptions.png"),
                               ("bounds", _plot_bounds, "bound_vs_distortion.png")):
             if clean.get(key):
@@ -215,10 +277,32 @@ def write_report(results: dict, out_dir) -> dict:
     return {"json": json_path, "markdown": md_path, "figures": figures}
 
 
+def _occlusion_section(module, X, y, ks, n_samples, random_state, batch_size, say, progress):
+    """Both occlusion modes for every ``k`` (one LIME explanation per image for all ``k``)."""
+    n_seg = int(default_segmenter(*X.shape[2:]).segment(X[:1]).max()) + 1
+    explainer = LimeExplainer(n_samples=n_samples, sampling="foldover", random_state=random_state)
+    say(f"occlusion of k = {', '.join(map(str, ks))} of {n_seg} segments (mean colour fill): random, and "
+        f"top-k by LIME ({n_samples} foldover samples) for the clean prediction")
+    out = {"k": list(ks), "segments": n_seg, "fill": "mean",
+           "explainer": f"LIME ({n_samples} foldover samples)", "random_state": random_state, "per_sample": {}}
+    out["clean_accuracy"] = clean_accuracy(module, X, y, batch_size=batch_size)
+    for mode in ("random", "attributed"):
+        start = time.perf_counter()
+        per = occlusion_accuracy(module, X, y, ks, mode=mode, explainer=explainer if mode == "attributed" else None,
+                                 random_state=random_state, batch_size=batch_size, return_per_sample=True)
+        out[mode] = [float(per[k].mean()) for k in ks]
+        out["per_sample"][mode] = ["".join("1" if v else "0" for v in per[k].tolist()) for k in ks]
+        if progress:
+            accs = " / ".join(f"{a:.4f}" for a in out[mode])
+            print(f"  occlusion ({mode}), k = {'/'.join(map(str, ks))}: {accs} ({time.perf_counter() - start:.0f} s)",
+                  file=sys.stderr, flush=True)
+    return out
+
+
 def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=None, out_dir=None,
                    n_classes=10, steps=50, restarts=5, n_queries=1000, bounds=False, spurious_mask=None,
-                   bound_radius=None, n_bound=64, stability=0, random_state=0, batch_size=256,
-                   progress=False):
+                   bound_radius=None, n_bound=64, stability=0, occlusion=None, occlusion_samples=200,
+                   random_state=0, batch_size=256, progress=False, channels_last=False):
     """Run the evaluation suite on ``model`` and optionally write the report.
 
     Parameters
@@ -226,8 +310,6 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     model : torch.nn.Module or fitted RobustAttributionClassifier
     X : array-like of shape (N, C, H, W)
         Test images in [0, 1].
-    progress : bool, default=False
-        Report the stages on stderr and show a progress bar over the corruption blocks.
     y : array-like of shape (N,)
     eps : float
         Radius of the threat model.
@@ -256,46 +338,89 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         Also compare LIME explanations (500 foldover samples, true class) of the first
         ``stability`` images with those of their PGD adversarial examples
         (:func:`attribution_stability`: top-3 overlap and Spearman); 0 skips it.
+    occlusion : sequence of int, bool or None, default=None
+        Also the accuracy when ``k`` of each image's segments (a 4x4 grid) are filled with
+        their mean colour, for each ``k`` in the sequence (e.g. ``(1, 2, 3, 4)``; ``True``
+        means that one), in both modes of :func:`occlusion_accuracy`: random segments, and
+        the model's own top-k segments by LIME for its clean prediction.  ``None`` or
+        ``False`` skips it.
+    occlusion_samples : int, default=200
+        LIME samples per image (foldover design) for the attributed occlusion: one
+        explanation per image serves every ``k``.
     random_state : int, default=0
     batch_size : int, default=256
+    progress : bool, default=False
+        Report the stages on stderr (each with its result and duration, the occlusion
+        stages with one accuracy per ``k``) and show a progress bar over the corruption
+        blocks.
+    channels_last : bool, default=False
+        Evaluate a copy of the module stored in ``torch.channels_last`` format (faster
+        convolutions; the same accuracies up to float rounding, see
+        :func:`robustness_report`).  The caller's module is not modified.
 
     Returns
     -------
     results : dict
-        ``robustness`` (see :func:`robustness_report`), and ``corruptions`` / ``bounds`` /
-        ``stability`` when requested; ``paths`` (from :func:`write_report`) when ``out_dir`` is given.
-    """
-    from .._validation import check_images, check_labels
-    from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
-    from .corruptions import corruption_accuracy
-    from .robust import robustness_report
+        ``robustness`` (see :func:`robustness_report`), and ``occlusion`` /
+        ``corruptions`` / ``bounds`` / ``stability`` when requested; ``paths`` (from
+        :func:`write_report`) when ``out_dir`` is given.  ``occlusion`` holds ``k``,
+        ``random`` and ``attributed`` (one accuracy per ``k``), ``clean_accuracy``,
+        ``segments``, ``fill``, ``explainer``, ``random_state`` and ``per_sample``
+        (``{mode: one "0"/"1" string per k}``, as in :func:`robustness_report`).
 
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> X = torch.rand(4, 1, 8, 8)
+    >>> y = model(X).argmax(1)
+    >>> res = evaluate_model(model, X, y, eps=0.01, steps=2, restarts=1, n_queries=5,
+    ...                      occlusion=(1, 2), occlusion_samples=20)
+    >>> res["occlusion"]["k"], len(res["occlusion"]["attributed"])
+    ([1, 2], 2)
+    """
     if isinstance(stability, bool) or not isinstance(stability, (int, np.integer)) or stability < 0:
         raise ValueError(f"stability must be an integer >= 0 (images to compare), got {stability!r}")
+    channels_last = check_flag(channels_last, "channels_last")
     Xt = check_images(X)
     yt = check_labels(y, Xt.shape[0])
+    occ_k = None
+    if occlusion is True:
+        occlusion = DEFAULT_OCCLUSION
+    if occlusion is not None and occlusion is not False:
+        occ_k, _ = _check_ks(occlusion if isinstance(occlusion, (list, tuple, range, np.ndarray)) else [occlusion])
+        check_positive(occlusion_samples, "occlusion_samples", integer=True)
+        if int(occlusion_samples) < 2:
+            raise ValueError(f"occlusion_samples must be an integer >= 2, got {occlusion_samples!r}")
+        n_seg = int(default_segmenter(*Xt.shape[2:]).segment(Xt[:1]).max()) + 1
+        if max(occ_k) > n_seg:
+            raise ValueError(f"occlusion k={max(occ_k)} is larger than the number of segments ({n_seg})")
+    module = get_module(model)
+    if channels_last:
+        module = channels_last_copy(module)  # once, shared by every stage
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"evaluating {len(Xt)} images: clean, PGD ({steps} steps x {restarts} restarts), Square ({n_queries} "
-        f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}")
-    results = {"robustness": robustness_report(model, Xt, yt, eps, norm, steps=steps, restarts=restarts,
+        f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}"
+        f"{' (channels_last)' if channels_last else ''}")
+    results = {"robustness": robustness_report(module, Xt, yt, eps, norm, steps=steps, restarts=restarts,
                                                autoattack=autoattack, n_classes=n_classes, n_queries=n_queries,
                                                random_state=random_state, batch_size=batch_size,
                                                progress=progress)}
+    results["robustness"]["settings"]["channels_last"] = channels_last
+    if occ_k is not None:
+        results["occlusion"] = _occlusion_section(module, Xt, yt, occ_k, int(occlusion_samples), random_state,
+                                                  batch_size, say, progress)
     if cifar10c is not None and cifar10c is not False:
         if cifar10c is True:
-            results["corruptions"] = corruption_accuracy(model, Xt.cpu().numpy(), yt, random_state=random_state,
+            results["corruptions"] = corruption_accuracy(module, Xt.cpu().numpy(), yt, random_state=random_state,
                                                          batch_size=batch_size, progress=progress)
         else:
-            results["corruptions"] = corruption_accuracy(model, cifar10c, y, batch_size=batch_size,
+            results["corruptions"] = corruption_accuracy(module, cifar10c, y, batch_size=batch_size,
                                                          progress=progress)
     if bounds:
         say(f"lower bound and minimal distortion on {min(n_bound, len(Xt))} images")
         Xb, yb = Xt[:n_bound], yt[:n_bound]
         if spurious_mask is None:
-            from ..base import get_module
-            from ..explainers import LimeExplainer
-
-            module = get_module(model)
             attr = LimeExplainer(n_samples=200, random_state=random_state).explain(module, Xb, yb)
             spurious_seg = (attr.weights <= 0) & attr.valid
             spurious_mask = torch.gather(spurious_seg, 1, attr.segments.flatten(1)).view(
@@ -303,22 +428,18 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         else:
             spurious_mask = spurious_mask[:n_bound]
         radius = float(bound_radius) if bound_radius is not None else 4 * float(eps)
-        lb = attribution_lower_bound(model, Xb, yb, spurious_mask, norm=norm, radius=radius,
-                                     random_state=random_state, batch_size=batch_size)
-        md = minimal_adversarial_distortion(model, Xb, yb, norm=norm, eps_max=radius, random_state=random_state,
-                                            batch_size=batch_size)
+        lb = attribution_lower_bound(module, Xb, yb, spurious_mask, norm=norm, radius=radius,
+                                                  random_state=random_state, batch_size=batch_size)
+        md = minimal_adversarial_distortion(module, Xb, yb, norm=norm, eps_max=radius,
+                                                         random_state=random_state, batch_size=batch_size)
         lb["distortion"] = md["distortion"]
         lb["violation_rate"] = bound_violation_rate(lb["bound"], md["distortion"])
         results["bounds"] = lb
     if stability:
-        from ..attacks import PGD
-        from ..explainers import LimeExplainer
-        from .stability import attribution_stability
-
         m = min(int(stability), len(Xt))
         say(f"attribution stability on {m} images (LIME 500 foldover samples, PGD-{steps})")
         results["stability"] = attribution_stability(
-            model, Xt[:m], yt[:m], PGD(eps=eps, norm=norm, steps=steps, random_state=random_state),
+            module, Xt[:m], yt[:m], PGD(eps=eps, norm=norm, steps=steps, random_state=random_state),
             LimeExplainer(n_samples=500, sampling="foldover", random_state=random_state), batch_size=batch_size)
     if out_dir is not None:
         results["paths"] = {k: (str(v) if not isinstance(v, list) else [str(p) for p in v])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .robust import robust_accuracy
-from ._utils import check_batch_size
+from .._utils import check_batch_size
 
 __all__ = ["make_robust_scorer"]
 
