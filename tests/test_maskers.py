@@ -343,3 +343,128 @@ def test_clone_and_pickle_after_use():
     assert p.get_params() == masker.get_params()
     assert np.isclose(float(p.apply(torch.rand(1, 1, 8, 8), quadrants(), torch.ones(1, 4, dtype=torch.bool)).mean()),
                       float(c.apply(torch.rand(1, 1, 8, 8), quadrants(), torch.ones(1, 4, dtype=torch.bool)).mean()))
+
+
+# --------------------------------------------------------------------------- 'dominant'
+class QuadrantLogit(torch.nn.Module):
+    """Class 0's logit is ``8 * mean(top-right quadrant)``; class 1's is 0 (no parameters)."""
+
+    def forward(self, x):
+        q = x[:, :, : x.shape[2] // 2, x.shape[3] // 2 :].mean((1, 2, 3))
+        return torch.stack([8.0 * q, torch.zeros_like(q)], 1)
+
+
+class RaisingAttacker:
+    def perturb(self, model, X, y):  # pragma: no cover - must not run
+        raise AssertionError("'dominant' must not attack")
+
+
+def test_dominant_picks_the_segment_the_model_depends_on():
+    model = QuadrantLogit()
+    X = 0.3 + 0.7 * torch.rand(3, 1, 8, 8)
+    y = torch.tensor([0, 0, 0])
+    explainer = LimeExplainer(n_samples=300, fill=0.0, segmenter=GridSegmenter(cell=4), random_state=0)
+    masker = LimeMasker(criterion="dominant", top_k=1)
+    assert masker.needs() == frozenset({"attribution"})
+    res = masker.find_spurious(model, X, y, explainer, attacker=RaisingAttacker())
+    assert res.selected.tolist() == [[False, True, False, False]] * 3
+    assert bool((res.scores[:, 1] > 0.9).all()) and res.instability is None and res.irrelevance is None
+    assert torch.allclose(res.scores.sum(1), torch.ones(3))  # shares of the positive evidence
+    assert torch.equal(res.pixel_mask()[:, 0].bool(), quadrants(3) == 1)
+    res_t = LimeMasker(criterion="dominant", threshold=0.5).find_spurious(model, X, y, explainer)
+    assert torch.equal(res_t.selected, res.selected)
+
+
+def _attribution(weights, valid=None, seg=None):
+    from attribshield.explainers import Attribution
+
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    n, s = weights.shape
+    valid = torch.ones(n, s, dtype=torch.bool) if valid is None else torch.as_tensor(valid)
+    seg = random_segments(n, s) if seg is None else seg
+    return Attribution(segments=seg, weights=weights, valid=valid, intercept=torch.zeros(n),
+                       score=torch.ones(n), target=torch.zeros(n, dtype=torch.long))
+
+
+def test_dominant_scores_by_hand():
+    attr = _attribution([[0.3, 0.1, -0.5, 0.0], [-0.1, -0.2, 0.0, -0.3], [0.2, 0.0, 0.6, 0.4]],
+                        valid=[[True] * 4, [True] * 4, [True, True, True, False]])
+    scores = LimeMasker(criterion="dominant").segment_scores(attr)
+    expect = torch.tensor([[0.75, 0.25, 0.0, 0.0], [0.0] * 4, [0.25, 0.0, 0.75, 0.0]])
+    assert torch.allclose(scores, expect)  # no positive evidence: all 0; padding: 0
+
+
+# --------------------------------------------------------------------------- segment_scores
+def test_needs_per_criterion():
+    assert LimeMasker(criterion="unstable").needs() == {"attribution", "attribution_adv"}
+    assert LimeMasker(criterion="irrelevant").needs() == {"attribution", "input_grad"}
+    assert LimeMasker(criterion="combined").needs() == {"attribution", "attribution_adv", "input_grad"}
+    assert isinstance(LimeMasker().needs(), frozenset)
+    with pytest.raises(ValueError, match="criterion"):
+        LimeMasker(criterion="random").needs()
+
+
+def test_segment_scores_equal_find_spurious_from_precomputed_pieces():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    X, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    explainer = LimeExplainer(n_samples=60, random_state=0)
+    attacker = FGSM(eps=0.1)
+    # the pieces an online training loop holds
+    attr = explainer.explain(model, X, y)
+    X_adv = attacker.perturb(model, X, y)
+    attr_adv = explainer.explain(model, X_adv, y, segments=attr.segments)
+    x = X.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"), x)
+    from attribshield.maskers import CRITERIA
+
+    assert CRITERIA == ("unstable", "irrelevant", "combined", "dominant")
+    for criterion in CRITERIA:
+        masker = LimeMasker(criterion=criterion, top_k=2)
+        res = masker.find_spurious(model, X, y, explainer, attacker=attacker)
+        pieces = {"attribution_adv": attr_adv, "input_grad": grad}
+        scores = masker.segment_scores(attr, **{k: v for k, v in pieces.items() if k in masker.needs()})
+        assert torch.allclose(scores, res.scores, atol=1e-6), criterion
+        assert torch.equal(masker.select(scores, attr.valid), res.selected)
+        assert bool((scores >= 0).all() and (scores <= 1).all())
+        # a positive per-image factor on the gradient (mean reduction, -log p_y) changes nothing
+        if "input_grad" in masker.needs():
+            scaled = masker.segment_scores(attr, attribution_adv=attr_adv, input_grad=-grad * torch.rand(4, 1, 1, 1))
+            assert torch.allclose(scaled, scores, atol=1e-6)
+
+
+def test_segment_scores_by_hand_and_noisy_copies():
+    seg = quadrants(2)
+    attr = _attribution([[0.4, -0.2, 0.1, 0.0], [0.1, 0.1, 0.1, 0.1]], seg=seg)
+    adv = _attribution([[0.1, -0.2, 0.3, 0.0], [0.1, 0.1, 0.1, 0.1]], seg=seg)
+    u = LimeMasker(criterion="unstable").segment_scores(attr, attribution_adv=adv)
+    assert torch.allclose(u, torch.tensor([[1.0, 0.0, 2 / 3, 0.0], [0.0] * 4]))
+    # a list of noisy copies: the population std over the clean weights and the copies
+    copies = [adv, _attribution([[0.4, 0.2, 0.1, 0.0], [0.1, 0.1, 0.1, 0.1]], seg=seg)]
+    u2 = LimeMasker(criterion="unstable").segment_scores(attr, attribution_adv=copies)
+    std = torch.stack([attr.weights, copies[0].weights, copies[1].weights]).std(0, correction=0)
+    assert torch.allclose(u2, std / std.amax(1, keepdim=True).clamp_min(1e-30))
+    # irrelevant: gradient mass share on non-positive segments, max-normalised
+    grad = torch.zeros(2, 1, 8, 8)
+    grad[:, :, :4, 4:] = -1.0  # all mass on segment 1 (top right), weight -0.2 / 0.1
+    grad[:, :, 4:, 4:] = 3.0  # segment 3, weight 0.0 / 0.1
+    i = LimeMasker(criterion="irrelevant").segment_scores(attr, input_grad=grad)
+    assert torch.allclose(i, torch.tensor([[0.0, 1 / 3, 0.0, 1.0], [0.0] * 4]))
+
+
+def test_segment_scores_missing_or_bad_pieces_raise():
+    attr = _attribution([[0.4, -0.2, 0.1, 0.0]], seg=quadrants())
+    with pytest.raises(ValueError, match="attribution_adv"):
+        LimeMasker(criterion="unstable").segment_scores(attr)
+    with pytest.raises(ValueError, match="input_grad"):
+        LimeMasker(criterion="irrelevant").segment_scores(attr)
+    with pytest.raises(ValueError, match="attribution_adv"):
+        LimeMasker(criterion="combined").segment_scores(attr, input_grad=torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="attribution"):
+        LimeMasker(criterion="dominant").segment_scores(None)
+    with pytest.raises(ValueError, match="attribution_adv.weights must have the shape"):
+        LimeMasker(criterion="unstable").segment_scores(attr, attribution_adv=_attribution([[0.1, 0.2]]))
+    with pytest.raises(ValueError, match="input_grad must have shape"):
+        LimeMasker(criterion="irrelevant").segment_scores(attr, input_grad=torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="criterion"):
+        LimeMasker(criterion="random").segment_scores(attr)
