@@ -51,3 +51,32 @@ def tune_allocator() -> bool:
     ok &= bool(mallopt(_M_TOP_PAD, 256 << 20))
     _done = ok
     return ok
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 on x86).
+
+    ``None`` where it cannot be told (no ``/proc/cpuinfo``, or not an x86 CPU).  Without native
+    support PyTorch emulates bf16 on the CPU: on an AVX2-only CPU, bf16 autocast made a SmallCNN
+    training step about 20x *slower* than fp32 (docs/performance.md).
+
+    Examples
+    --------
+    >>> cpu_has_native_bf16("flags\\t\\t: fpu sse avx2 avx512f avx512_bf16")
+    True
+    >>> cpu_has_native_bf16("flags\\t\\t: fpu sse avx2")
+    False
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if not flags:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & flags)

@@ -25,6 +25,8 @@ __all__ = [
     "Masker",
     "Regularizer",
     "eval_mode",
+    "capability",
+    "check_component",
     "get_module",
     "make_generator",
 ]
@@ -119,6 +121,58 @@ def get_module(model) -> torch.nn.Module:
 
 
 # --------------------------------------------------------------------------- protocols
+# Optional capabilities are *declared* by components as class attributes (never guessed from
+# signatures); the estimator reads them with :func:`capability`.
+#
+# ==========================  ============  ========================================================
+# capability                  slot          meaning
+# ==========================  ============  ========================================================
+# ``accepts_mask``            attacker      ``perturb(..., mask=M)`` takes a pixel mask ``(N, 1, H, W)``
+# ``provides_objective``      attacker      ``objective(logits_clean, logits_adv, y)`` is the loss
+# ``provides_input_grad``     attacker      ``perturb(..., return_grad=True) -> (X_adv, grad)``, with
+#                                           ``grad`` the input gradient of the summed cross-entropy
+#                                           the attack computed (at its first step)
+# ``requires_mask``           regularizer   ``penalty`` needs the spurious mask (default True)
+# ``trainable``               explainer     ``partial_fit(model, X, target)`` trains it online
+# ``uses_input_grad``         explainer     ``attribute_from_grad(X, grad, segments, target)``
+#                                           turns an input gradient of log p_y into attributions
+# ==========================  ============  ========================================================
+CAPABILITY_DEFAULTS = {"accepts_mask": False, "provides_objective": False, "provides_input_grad": False,
+                       "requires_mask": True, "trainable": False, "uses_input_grad": False}
+
+
+def capability(component, name: str) -> bool:
+    """The declared capability ``name`` of ``component`` (its default when undeclared)."""
+    if name not in CAPABILITY_DEFAULTS:
+        raise ValueError(f"unknown capability {name!r}; known: {sorted(CAPABILITY_DEFAULTS)}")
+    return bool(getattr(component, name, CAPABILITY_DEFAULTS[name]))
+
+
+# slot -> (required methods, how the protocol reads)
+SLOTS = {
+    "attacker": (("perturb",), "Attacker: perturb(model, X, y) -> X_adv"),
+    "masker": (("find_spurious", "select", "apply"),
+               "Masker: find_spurious(model, X, y, explainer), select(scores, valid), apply(X, segments, selected)"),
+    "regularizer": (("penalty",), "Regularizer: penalty(model, X, y, mask) -> scalar tensor"),
+    "explainer": (("explain",), "Explainer: explain(model, X, target=None, *, segments=None) -> Attribution"),
+    "augment": (("__call__",), "augmentation: augment(X) -> (X_aug, src)"),
+}
+
+
+def check_component(slot: str, component) -> None:
+    """Raise ``ValueError`` unless ``component`` follows the protocol of ``slot`` (``None`` passes)."""
+    if component is None:
+        return
+    methods, protocol = SLOTS[slot]
+    missing = [m for m in methods if not callable(getattr(component, m, None))]
+    if isinstance(component, type):
+        raise ValueError(f"{slot} must be an instance, got the class {component.__name__}: pass "
+                         f"{component.__name__}(...)")
+    if missing:
+        raise ValueError(f"{slot}={type(component).__name__}(...) does not follow the {protocol} protocol "
+                         f"(missing {', '.join(missing)}); is it in the wrong slot?")
+
+
 @runtime_checkable
 class Attacker(Protocol):
     """``perturb(model, X, y, *, target=None) -> X_adv`` inside the threat model.

@@ -2,19 +2,26 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
+import inspect
+import math
 
 import numpy as np
 import torch
 from sklearn.base import clone
 from skorch import NeuralNetClassifier
+from skorch.callbacks import PassthroughScoring
 from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch.utils.data import Dataset
 
+from ._params import Integral, Options, Real, validate_params
 from ._validation import as_tensor, check_images, check_labels
 from .augment import follow
+from .base import capability, check_component, eval_mode
 from .dataset import ImageDataset, IndexedDataset
+from .explainers import LimeExplainer
+from .maskers import pixel_mask
+from .refinement import ExplanationAudit, Refinement, segments_for
 
 __all__ = ["RobustAttributionClassifier", "ImageDataset"]
 
@@ -63,13 +70,39 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         clean_weight * CE(f(x), y)``.
     mask_weight : float, default=0.25
         Weight ``alpha`` of the masked-input loss ``CE(f(fill(x, M)), y)``.
+    refine_mode : {"rounds", "online"}, default="rounds"
+        How the closed loop refreshes the masks.  ``"rounds"``: every ``refine_every`` epochs
+        the :class:`~attribshield.refinement.Refinement` callback re-explains a rotating
+        ``refine_fraction`` of the training set with the current model and caches the masks
+        by sample (the dose of exact LIME).  ``"online"``: the masks of every batch are
+        computed in the training step with the current model, so every training image gets a
+        fresh mask every epoch (full dose; meant for cheap explainers:
+        :class:`~attribshield.explainers.AmortizedLimeExplainer`, which is also trained online,
+        and :class:`~attribshield.explainers.GradientExplainer`, which reuses the attack's
+        input gradient).
     refine_every : int, default=1
-        Re-explain training images every this many epochs (closed loop).
+        Re-explain training images every this many epochs (closed loop, ``"rounds"``).
     refine_fraction : float, default=0.05
         Share of the training images re-explained per refinement round (rotating, so every
         image is covered after ``1 / refine_fraction`` rounds).  Explanations dominate the
         method's cost; the default keeps an epoch of the full method within the cost of
         PGD-7 adversarial training on CIFAR-10 (``benchmarks/refinement_cost.py``).
+    mask_fraction : float in (0, 1], default=1.0
+        ``"online"``: share of each batch's rows that get a fresh mask and the masked-input
+        loss.
+    penalty_fraction : float in [0, 1], default=0.25
+        ``"online"``: share of each batch's rows (among the masked ones) that also get the
+        regularizer's penalty (a double backward pass: the costliest term).
+    explainer_update_fraction : float in [0, 1], default=0.25
+        ``"online"`` with a trainable explainer: share of each batch's rows used for its
+        ``partial_fit`` step against the current model.
+    audit_size : int >= 0, default=128
+        ``"online"``: images (a rotating subset of the training set) whose explanations are
+        compared with exact LIME after every epoch: the median Spearman correlation and the
+        mean top-3 overlap are recorded as ``audit_spearman`` and ``audit_top3`` in the
+        history (fidelity is measured, not assumed).  0 disables the audit.
+    audit_samples : int >= 2, default=256
+        LIME samples per image of the exact reference in the audit (foldover design).
     input_shape : tuple of int or None, default=None
         When set, 2-D inputs ``(N, F)`` are reshaped to ``(N, *input_shape)`` (``-1``
         allowed), so the estimator can follow scikit-learn transformers in a ``Pipeline``.
@@ -125,7 +158,9 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
                  train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
-                 augment=None, clean_weight=0.0, mask_weight=0.25, refine_every=1, refine_fraction=0.05,
+                 augment=None, clean_weight=0.0, mask_weight=0.25, refine_mode="rounds", refine_every=1,
+                 refine_fraction=0.05, mask_fraction=1.0, penalty_fraction=0.25, explainer_update_fraction=0.25,
+                 audit_size=128, audit_samples=256,
                  input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
                  random_state=None, **kwargs):
         super().__init__(module, criterion=criterion, optimizer=optimizer, train_split=train_split, **kwargs)
@@ -136,8 +171,14 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         self.augment = augment
         self.clean_weight = clean_weight
         self.mask_weight = mask_weight
+        self.refine_mode = refine_mode
         self.refine_every = refine_every
         self.refine_fraction = refine_fraction
+        self.mask_fraction = mask_fraction
+        self.penalty_fraction = penalty_fraction
+        self.explainer_update_fraction = explainer_update_fraction
+        self.audit_size = audit_size
+        self.audit_samples = audit_samples
         self.input_shape = input_shape
         self.value_range = value_range
         self.channels_last = channels_last
@@ -174,24 +215,34 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             self.initialize_components()
         return self
 
+    _parameter_constraints = {
+        "clean_weight": [Real(0, 1)],
+        "mask_weight": [Real(0, None)],
+        "refine_mode": [Options("rounds", "online")],
+        "refine_every": [Integral(1, None)],
+        "refine_fraction": [Real(0, 1, closed="right")],
+        "mask_fraction": [Real(0, 1, closed="right")],
+        "penalty_fraction": [Real(0, 1)],
+        "explainer_update_fraction": [Real(0, 1)],
+        "audit_size": [Integral(0, None)],
+        "audit_samples": [Integral(2, None)],
+        "autocast": [None, Options(False, "bf16", "bfloat16", "fp16", "float16")],
+    }
+
     def _validate_own_params(self):
-        for name in ("clean_weight", "mask_weight"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        if not 0 <= self.clean_weight <= 1:
-            raise ValueError(f"clean_weight must be in [0, 1], got {self.clean_weight!r}")
-        re = self.refine_every
-        if isinstance(re, bool) or not isinstance(re, numbers.Integral) or re < 1:
-            raise ValueError(f"refine_every must be an integer >= 1, got {re!r}")
-        rf = self.refine_fraction
-        if isinstance(rf, bool) or not isinstance(rf, numbers.Real) or not 0 < rf <= 1:
-            raise ValueError(f"refine_fraction must be in (0, 1], got {rf!r}")
-        if self.autocast not in _AUTOCAST:
-            raise ValueError(f"autocast must be one of None, 'bf16', 'fp16', got {self.autocast!r}")
-        if self.regularizer is not None and self.masker is None:
+        validate_params(self)
+        for slot in COMPONENTS:
+            comp = getattr(self, slot)
+            check_component(slot, comp)
+            if callable(getattr(comp, "_validate_params", None)):
+                comp._validate_params()  # a component's bad hyperparameter fails before any training
+        if self.regularizer is not None and self.masker is None and capability(self.regularizer, "requires_mask"):
             raise ValueError("a regularizer needs a masker to find the spurious regions it penalises: pass "
                              "masker=LimeMasker(...) (with mask_weight=0 to use the penalty alone)")
+        if self.refine_mode == "online" and self.masker is not None and not callable(
+                getattr(self.masker, "segment_scores", None)):
+            raise ValueError(f"refine_mode='online' needs a masker with segment_scores(attribution, ...), got "
+                             f"{type(self.masker).__name__}")
         if self.value_range is not None:
             lo, hi = self.value_range
             if not lo < hi:
@@ -199,9 +250,10 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     @property
     def _default_callbacks(self):
-        from .refinement import Refinement
-
-        return list(super()._default_callbacks) + [("refinement", Refinement())]
+        terms = [(f"train_{t}_loss", PassthroughScoring(name=f"{t}_loss", on_train=True))
+                 for t in ("adv", "clean", "masked", "penalty")]
+        return list(super()._default_callbacks) + terms + [("refinement", Refinement()),
+                                                           ("audit", ExplanationAudit())]
 
     # ------------------------------------------------------------------ initialisation
     def initialize(self):
@@ -228,8 +280,6 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             comp = getattr(self, name)
             setattr(self, name + "_", clone(comp) if comp is not None else None)
         if self.explainer_ is None:
-            from .explainers import LimeExplainer
-
             self.explainer_ = LimeExplainer(n_samples=200, sampling="foldover", random_state=self.random_state)
         return self
 
@@ -244,7 +294,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             try:
                 t = t.reshape(t.shape[0], *self.input_shape)
             except RuntimeError as exc:
-                raise ValueError(f"X of shape {tuple(t.shape)} cannot be reshaped to input_shape={self.input_shape}") from exc
+                raise ValueError(f"X of shape {tuple(t.shape)} cannot be reshaped to "
+                                 f"input_shape={self.input_shape}") from exc
         vr = None if self.value_range is None else tuple(float(v) for v in self.value_range)
         if vr is None and not t.is_floating_point() and t.dtype != torch.bool:
             t = t.float()  # non-image data (value_range=None): integers are plain numbers
@@ -313,8 +364,6 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         if not self.initialized_:
             return
         x, _ = self._to_input(x.float() / 255.0 if x.dtype == torch.uint8 else x)
-        from .base import eval_mode
-
         with torch.no_grad(), eval_mode(self.module_):
             out = self.module_(x)
         n_classes = len(self.classes_)
@@ -341,8 +390,6 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
     def _can_set_num_classes(self) -> bool:
         """True when ``module`` is a class taking ``num_classes`` that the user did not set."""
-        import inspect
-
         if "module__num_classes" in self.__dict__ or not inspect.isclass(self.module):
             return False
         try:
@@ -356,6 +403,10 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         if prefix == "module" and n_out is not None and "num_classes" not in params:
             params["num_classes"] = n_out
         return params
+
+    def encode_labels(self, y) -> torch.Tensor:
+        """Map class labels to output indices ``0..n_classes-1``; unknown labels raise ``ValueError``."""
+        return self._encode_y(torch.as_tensor(y).long())
 
     def _encode_y(self, y: torch.Tensor) -> torch.Tensor:
         """Map labels to ``0..n_classes-1`` (identity when classes are ``0..K-1``)."""
@@ -410,62 +461,78 @@ class RobustAttributionClassifier(NeuralNetClassifier):
 
         ``loss = CE(f(x_adv), y) [mixed with CE(f(x), y) by clean_weight]
         + mask_weight * CE(f(fill(x, M)), y) + regularizer.penalty(f, x, y, M)``, where
-        ``M`` are the cached spurious segments of the batch's samples (from the last
-        refinement round).  Terms whose component is ``None`` (or whose weight is 0) are
-        skipped, which gives the baselines: clean training, adversarial training,
-        masking only, regularizer only.
+        ``M`` are the spurious segments of the batch's samples: cached from the last
+        refinement round (``refine_mode="rounds"``) or computed for this batch with the
+        current model (``refine_mode="online"``).  Terms whose component is ``None`` (or whose
+        weight is 0) are skipped, which gives the baselines: clean training, adversarial
+        training, masking only, regularizer only.
+
+        Every cross-entropy term goes through :meth:`get_loss` (with ``X`` the images that
+        produced ``y_pred``), so a subclass that overrides ``get_loss`` sees, and can add to,
+        each of them; each term's batch value is recorded as ``<term>_loss`` and its epoch mean
+        appears in the history under the same key (``adv_loss``, ``masked_loss``, ...).
         """
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         X, index = self._to_input(Xi)
-        y = self._encode_y(to_tensor(yi, device=self.device).long())
+        yi = to_tensor(yi, device=self.device)
+        y = self._encode_y(yi.long())
         module = self.module_
         src = None
         if self.augment_ is not None:
             X, src = self.augment_(X)
-        sel = self._batch_selection(index, src)
+        online = self.refine_mode == "online" and self.masker_ is not None
+        sel = None if online else self._batch_selection(index, src)
 
         terms = {}
+        X_adv = grad = None
         if self.attacker_ is not None:
-            X_adv = self._perturb(module, X, y, sel)
+            X_adv, grad = self._perturb(module, X, y, sel, want_grad=online)
             with self._autocast():
-                y_pred = module(X_adv).float()
-            objective = getattr(self.attacker_, "objective", None)
-            if objective is not None:  # the attacker brings its own loss (TRADES)
+                y_pred = module(X_adv, **fit_params).float()
+            if capability(self.attacker_, "provides_objective"):  # the attacker brings its own loss (TRADES)
                 with self._autocast():
-                    logits_clean = module(X).float()
-                loss = objective(logits_clean, y_pred, y)
-                terms["adv"] = loss.detach()
+                    logits_clean = module(X, **fit_params).float()
+                loss = self.attacker_.objective(logits_clean, y_pred, y)
             else:
-                loss = self.criterion_(y_pred, y)
+                loss = self.get_loss(y_pred, yi, X=X_adv, training=True)
                 terms["adv"] = loss.detach()
-            if objective is None and self.clean_weight > 0:
-                with self._autocast():
-                    logits_clean = module(X).float()
-                loss_clean = self.criterion_(logits_clean, y)
-                terms["clean"] = loss_clean.detach()
-                loss = (1 - self.clean_weight) * loss + self.clean_weight * loss_clean
+                if self.clean_weight > 0:
+                    with self._autocast():
+                        logits_clean = module(X, **fit_params).float()
+                    loss_clean = self.get_loss(logits_clean, yi, X=X, training=True)
+                    terms["clean"] = loss_clean.detach()
+                    loss = (1 - self.clean_weight) * loss + self.clean_weight * loss_clean
+            terms["adv"] = terms.get("adv", loss.detach())
         else:
             with self._autocast():
                 y_pred = module(X, **fit_params).float()
-            loss = self.criterion_(y_pred, y)
+            loss = self.get_loss(y_pred, yi, X=X, training=True)
 
+        if online:
+            self._update_explainer(module, X, y)
+            sel = self._online_selection(module, X, X_adv, y, grad)
         if sel is not None:
             segments, selected, has = sel
+            share = has.sum() / len(has)
             if self.mask_weight > 0:
                 X_masked = self.masker_.apply(X[has], segments[has], selected[has])
                 with self._autocast():
-                    logits_masked = module(X_masked).float()
-                loss_masked = self.criterion_(logits_masked, y[has])
+                    logits_masked = module(X_masked, **fit_params).float()
+                loss_masked = self.get_loss(logits_masked, yi[has], X=X_masked, training=True)
                 terms["masked"] = loss_masked.detach()
                 # averaged over the explained rows, weighted by their share of the batch
-                loss = loss + self.mask_weight * loss_masked * (has.sum() / len(has))
-            if self.regularizer_ is not None:
-                from .maskers import pixel_mask
-
-                pen = self.regularizer_.penalty(module, X[has], y[has], pixel_mask(segments[has], selected[has]))
+                loss = loss + self.mask_weight * loss_masked * share
+            if self.regularizer_ is not None and capability(self.regularizer_, "requires_mask"):
+                rows = self._penalty_rows(has) if online else has
+                pen = self.regularizer_.penalty(module, X[rows], y[rows], pixel_mask(segments[rows], selected[rows]))
                 terms["penalty"] = pen.detach()
-                loss = loss + pen * (has.sum() / len(has))
+                loss = loss + pen * (rows.sum() / len(rows))
+        if self.regularizer_ is not None and not capability(self.regularizer_, "requires_mask"):
+            # a regularizer of the whole input (e.g. GradAlign): no masker needed, every row
+            pen = self.regularizer_.penalty(module, X, y, None)
+            terms["penalty"] = pen.detach()
+            loss = loss + pen
         self._backward(loss)
         self._record_terms(terms)
         return {"loss": loss, "y_pred": y_pred}
@@ -492,15 +559,92 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             selected = torch.cat([selected, selected.new_zeros((len(selected), 1))], dim=1)
         return segments, selected, has
 
-    def _perturb(self, module, X, y, sel):
+    def _perturb(self, module, X, y, sel, want_grad=False):
+        """``(X_adv, grad)``: ``grad`` is the attack's input gradient when asked for and declared."""
         kwargs = {}
-        if sel is not None and "mask" in _perturb_params(self.attacker_):
-            from .maskers import pixel_mask
-
+        if sel is not None and capability(self.attacker_, "accepts_mask"):
             segments, selected, has = sel
             kwargs["mask"] = pixel_mask(segments, selected & has[:, None]).to(X.dtype)
+        with_grad = want_grad and capability(self.attacker_, "provides_input_grad")
         with self._autocast():  # the attack's passes get the same precision as training's
-            return self.attacker_.perturb(module, X, y, **kwargs)
+            out = self.attacker_.perturb(module, X, y, return_grad=True, **kwargs) if with_grad \
+                else self.attacker_.perturb(module, X, y, **kwargs)
+        return out if with_grad else (out, None)
+
+    # ------------------------------------------------------------------ online refinement
+    def _n_rows(self, fraction, n):
+        return max(1, min(n, int(math.ceil(float(fraction) * n))))
+
+    def _penalty_rows(self, has):
+        """The first ``penalty_fraction`` of the batch among the masked rows (batches are shuffled)."""
+        rows = has.clone()
+        keep = self._n_rows(self.penalty_fraction, len(has))
+        idx = torch.nonzero(has).flatten()
+        rows[idx[keep:]] = False
+        return rows
+
+    def _segments(self, X):
+        """Segment maps ``(N, H, W)`` from the explainer's segmenter (the default grid is cached)."""
+        if getattr(self.explainer_, "segmenter", None) is not None:
+            return segments_for(self.explainer_, X)
+        h, w = X.shape[-2:]
+        key = (h, w, str(X.device))
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        if key not in cache:
+            cache[key] = segments_for(self.explainer_, X[:1])[0]
+        return cache[key].expand(X.shape[0], h, w)
+
+    def _input_grad(self, module, X, y):
+        """Input gradient of the summed cross-entropy at ``X`` (eval mode, parameters untouched)."""
+        with eval_mode(module), torch.enable_grad(), self._autocast():
+            Xg = X.detach().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(module(Xg).float(), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, Xg)
+        return g
+
+    def _attribute(self, module, X, y, segments, grad=None):
+        """Attributions of ``X`` for ``y``; gradient explainers reuse ``grad`` (of the CE) when given."""
+        if capability(self.explainer_, "uses_input_grad"):
+            if grad is None:
+                grad = self._input_grad(module, X, y)
+            return self.explainer_.attribute_from_grad(X, -grad, segments, y)  # -grad CE = grad log p_y
+        with eval_mode(module):
+            return self.explainer_.explain(module, X, y, segments=segments)
+
+    def _update_explainer(self, module, X, y):
+        """One online step of a trainable explainer (amortized LIME) against the current model."""
+        if not capability(self.explainer_, "trainable") or self.explainer_update_fraction == 0:
+            return
+        n = self._n_rows(self.explainer_update_fraction, len(X))
+        with eval_mode(module):
+            self.explainer_.partial_fit(module, X[:n].detach(), y[:n])
+
+    def _online_selection(self, module, X, X_adv, y, grad):
+        """Fresh spurious segments of the first ``mask_fraction`` of the batch, with the current model."""
+        n = self._n_rows(self.mask_fraction, len(X))
+        Xr, yr = X[:n].detach(), y[:n]
+        segments = self._segments(Xr)
+        needs = self.masker_.needs()
+        g = grad[:n] if grad is not None else None
+        att = att_adv = None
+        if "input_grad" in needs and g is None:
+            g = self._input_grad(module, Xr, yr)
+        if "attribution" in needs:
+            att = self._attribute(module, Xr, yr, segments, g)
+        if "attribution_adv" in needs:
+            Xa = X_adv[:n].detach() if X_adv is not None else Xr
+            att_adv = self._attribute(module, Xa, yr, segments)
+        scores = self.masker_.segment_scores(att, attribution_adv=att_adv, input_grad=g, segments=segments)
+        n_seg = int(segments.amax()) + 1
+        valid = att.valid if att is not None else torch.ones((n, n_seg), dtype=torch.bool, device=X.device)
+        selected = self.masker_.select(scores, valid)
+        has = torch.zeros(len(X), dtype=torch.bool, device=X.device)
+        has[:n] = True
+        full_seg = torch.zeros((len(X),) + tuple(segments.shape[1:]), dtype=torch.long, device=X.device)
+        full_seg[:n] = segments
+        full_sel = torch.zeros((len(X), selected.shape[1]), dtype=torch.bool, device=X.device)
+        full_sel[:n] = selected
+        return full_seg, full_sel, has
 
     def _record_terms(self, terms):
         """Record each loss term of the batch in the history (``<term>_loss`` keys)."""
@@ -527,6 +671,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_checked_X", None)
+        state.pop("_grid_cache", None)
         return state
 
     def explain(self, X, y=None):
@@ -554,12 +699,3 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             target = torch.as_tensor(self.predict_proba(Xt).argmax(axis=1))
         Xt = Xt.to(self.device)
         return self.explainer_.explain(self.module_, Xt, target.to(self.device))
-
-
-def _perturb_params(attacker):
-    import inspect
-
-    try:
-        return inspect.signature(attacker.perturb).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return {}

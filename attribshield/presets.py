@@ -29,12 +29,14 @@ from .augment import RandomCropFlip
 from .callbacks import one_cycle
 from .data import load_cifar10, load_cifar100, load_digits
 from .estimator import RobustAttributionClassifier
-from .explainers import LimeExplainer
-from .maskers import CRITERIA, LimeMasker
+from .explainers import AmortizedLimeExplainer, GradientExplainer, LimeExplainer
+from .maskers import CRITERIA, LimeMasker, RandomMasker
 from .models import DigitsNet, PreActResNet18, SmallCNN
 from .regularizers import SpuriousGradientPenalty
 
-METHODS = ("clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop")
+METHODS = ("clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop",
+           "full_amortized", "full_gradient", "random_mask")
+ONLINE = ("full_amortized", "full_gradient", "random_mask")
 LR_SCHEDULES = ("constant", "onecycle")
 MODELS = ("digitsnet", "smallcnn", "preactresnet18")
 DATASETS = ("digits", "cifar10", "cifar100")
@@ -80,6 +82,13 @@ class TrainConfig:
     lime_samples: int = _opt(64, "LIME samples per explained image (exact-LIME methods)")
     refine_every: int = _opt(1, "re-explain every this many epochs (exact-LIME methods)")
     refine_fraction: float = _opt(0.05, "share of the training set re-explained per round (exact-LIME methods)")
+    mask_fraction: float = _opt(0.5, "full-dose methods: share of each batch that trains with a fresh mask")
+    penalty_fraction: float = _opt(0.125, "full-dose methods: share of each batch that also gets the penalty")
+    explainer_update_fraction: float = _opt(0.125, "full_amortized: share of each batch used to train the "
+                                            "explainer online")
+    explainer_coalitions: int = _opt(8, "full_amortized: LIME coalitions per image and explainer step")
+    audit_size: int = _opt(128, "full-dose methods: training images audited against exact LIME per epoch")
+    audit_samples: int = _opt(256, "LIME samples per image of the audit's exact reference")
     train_subset: int = _opt(0, "train on the first N images only (0: all)")
     channels_last: bool = _opt(False, "channels-last memory format (faster convolutions on CPUs)")
     bf16: bool = _opt(False, "bfloat16 autocast for forward passes")
@@ -189,6 +198,21 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
             rounds = max(1, cfg.epochs // cfg.refine_every)
             params.update(refine_every=1, refine_fraction=min(1.0, cfg.refine_fraction * rounds),
                           callbacks__refinement__max_rounds=1)
+    if cfg.method in ONLINE:
+        cast = "bf16" if cfg.bf16 else None
+        if cfg.method == "full_amortized":
+            explainer = AmortizedLimeExplainer(n_coalitions=cfg.explainer_coalitions, random_state=s,
+                                               channels_last=cfg.channels_last, autocast=cast)
+        else:
+            explainer = GradientExplainer()
+        masker = (RandomMasker(top_k=cfg.top_k, random_state=s) if cfg.method == "random_mask"
+                  else LimeMasker(criterion=cfg.criterion, top_k=cfg.top_k, random_state=s))
+        params.update(
+            masker=masker, explainer=explainer, regularizer=SpuriousGradientPenalty(weight=cfg.reg_weight),
+            mask_weight=cfg.mask_weight, refine_mode="online", mask_fraction=cfg.mask_fraction,
+            penalty_fraction=cfg.penalty_fraction, explainer_update_fraction=cfg.explainer_update_fraction,
+            audit_size=0 if cfg.method == "random_mask" else cfg.audit_size, audit_samples=cfg.audit_samples,
+        )
     params.update(cfg.extra)
     params.update(kwargs)
     return RobustAttributionClassifier(**params)

@@ -17,9 +17,13 @@ import torch
 from skorch.callbacks import Callback
 from torch.utils.data import Subset
 
+from .base import eval_mode
 from .dataset import IndexedDataset
+from .evaluation.stability import segment_spearman, topk_intersection
+from .explainers import LimeExplainer
+from .explainers.segmentation import default_segmenter
 
-__all__ = ["MaskCache", "Refinement"]
+__all__ = ["MaskCache", "Refinement", "ExplanationAudit"]
 
 
 class MaskCache:
@@ -171,6 +175,8 @@ class Refinement(Callback):
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
         if getattr(net, "masker_", None) is None or dataset_train is None:
             return
+        if getattr(net, "refine_mode", "rounds") != "rounds":  # online masks need no rounds
+            return
         epoch = len(net.history)
         if epoch % net.refine_every != 0:
             return
@@ -206,7 +212,7 @@ class Refinement(Callback):
             pos = positions[order[start:start + self.chunk_size]]
             X, y, idx = _gather(base, pos)
             X = X.to(net.device)
-            y = net._encode_y(torch.as_tensor(y, device=net.device).long())
+            y = net.encode_labels(torch.as_tensor(y, device=net.device).long())
             sel = net.masker_.find_spurious(module, X, y, net.explainer_, attacker=net.attacker_)
             cache.update(idx, sel.segments, sel.selected)
         cache.rounds += 1
@@ -218,3 +224,53 @@ class Refinement(Callback):
             os.makedirs(self.dirname, exist_ok=True)
             cache.save(path)
         return n_round
+
+
+def segments_for(explainer, X: torch.Tensor) -> torch.Tensor:
+    """Segment maps ``(N, H, W)`` of ``X`` from ``explainer.segmenter`` (default: the 4x4 grid)."""
+    segmenter = getattr(explainer, "segmenter", None)
+    if segmenter is None:
+        segmenter = default_segmenter(X.shape[-2], X.shape[-1])
+    return segmenter.segment(X).to(X.device).long()
+
+
+class ExplanationAudit(Callback):
+    """After every epoch, compare the online explainer with exact LIME on a rotating subset.
+
+    Active when the net trains with ``refine_mode="online"``, a masker and ``audit_size > 0``.
+    Explains ``net.audit_size`` training images (the next ones in a rotation, un-augmented)
+    for their true classes with ``net.explainer_`` and with exact LIME
+    (:class:`~attribshield.explainers.LimeExplainer`, ``net.audit_samples`` samples, foldover
+    design, the same segments), and records in the epoch's history row:
+
+    * ``audit_spearman``: median Spearman correlation of the segment weights;
+    * ``audit_top3``: mean overlap of the top-3 segments (0..1);
+    * ``audit_dur``: seconds the audit took (not part of the training step).
+    """
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        if (getattr(net, "refine_mode", "rounds") != "online" or getattr(net, "masker_", None) is None
+                or dataset_train is None or not net.audit_size):
+            return
+        t0 = time.perf_counter()
+        base, positions = _base_dataset(dataset_train)
+        n = min(int(net.audit_size), len(positions))
+        cursor = int(getattr(net, "audit_cursor_", 0))
+        order = (cursor + np.arange(n)) % len(positions)
+        net.audit_cursor_ = int((cursor + n) % len(positions))
+        X, y, _ = _gather(base, positions[order])
+        X = X.to(net.device)
+        y = net.encode_labels(torch.as_tensor(y, device=net.device).long())
+        module = net.module_
+        segments = segments_for(net.explainer_, X)
+        exact = LimeExplainer(n_samples=int(net.audit_samples), sampling="foldover", random_state=0,
+                              channels_last=bool(net.channels_last), autocast=net.autocast or None)
+        with eval_mode(module):
+            att = net.explainer_.explain(module, X, y, segments=segments)
+            ref = exact.explain(module, X, y, segments=segments)
+        valid = ref.valid.cpu().numpy()
+        rho = segment_spearman(att.weights.detach().cpu().numpy(), ref.weights.cpu().numpy(), valid)
+        top = topk_intersection(att.weights.detach().cpu().numpy(), ref.weights.cpu().numpy(), 3, valid)
+        net.history.record("audit_spearman", float(np.nanmedian(rho)))
+        net.history.record("audit_top3", float(np.mean(top)))
+        net.history.record("audit_dur", time.perf_counter() - t0)

@@ -71,11 +71,18 @@ class GradientAttack(Component):
             target = torch.as_tensor(target, device=X.device).long()
             if target.shape != (X.shape[0],):
                 raise ValueError(f"target must have shape ({X.shape[0]},), got {tuple(target.shape)}")
+        return_grad = bool(kwargs.pop("return_grad", False))
+        if return_grad and not getattr(self, "provides_input_grad", False):
+            raise ValueError(f"{type(self).__name__} does not provide its input gradient (return_grad=True)")
         if self.eps == 0:
-            return X.detach().clone()
+            return (X.detach().clone(), None) if return_grad else X.detach().clone()
+        if return_grad:
+            kwargs["return_grad"] = True
         with eval_mode(module), torch.enable_grad():
-            X_adv = self._attack(module, X.detach(), y, target, **kwargs)
-        return X_adv.detach()
+            out = self._attack(module, X.detach(), y, target, **kwargs)
+        if return_grad:
+            return out[0].detach(), out[1].detach()
+        return out.detach()
 
     # -- helpers for subclasses ------------------------------------------------------------
     @staticmethod

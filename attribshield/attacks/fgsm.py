@@ -55,7 +55,13 @@ class FGSM(GradientAttack):
         self.norm = norm
         self.random_state = random_state
 
-    def _attack(self, module, X, y, target):
+    provides_input_grad = True  # perturb(..., return_grad=True): the step's gradient, for reuse
+
+    def _attack(self, module, X, y, target, return_grad=False):
+        X_adv, grad = self._fgsm(module, X, y, target)
+        return (X_adv, grad) if return_grad else X_adv
+
+    def _fgsm(self, module, X, y, target):
         eps, norm = self.eps, self.norm
         alpha = self.step_size
         if alpha is None:
@@ -68,6 +74,6 @@ class FGSM(GradientAttack):
         _, grad = self._loss_and_grad(module, X + delta, y, target)
         if norm == "Linf":  # projection onto the box and [0, 1] at once
             X_adv = X + delta + step(grad, alpha, norm)
-            return torch.minimum(torch.maximum(X_adv, (X - eps).clamp_(min=0)), (X + eps).clamp_(max=1))
+            return torch.minimum(torch.maximum(X_adv, (X - eps).clamp_(min=0)), (X + eps).clamp_(max=1)), grad
         delta = project(delta + step(grad, alpha, norm), eps, norm)
-        return (X + delta).clamp(0, 1)
+        return (X + delta).clamp(0, 1), grad

@@ -146,6 +146,8 @@ class GuidedPGD(PGD):
     ``norm="L2"`` the L2 radius stays ``eps`` and the mask reweights the step direction.
     """
 
+    accepts_mask = True  # perturb(..., mask=M): a larger budget inside M
+
     def __init__(self, eps=8 / 255, step_size=None, steps=10, norm="Linf", random_start=True,
                  restarts=1, spurious_scale=2.0, relevant_scale=1.0, random_state=None):
         super().__init__(eps=eps, step_size=step_size, steps=steps, norm=norm,
@@ -165,7 +167,8 @@ class GuidedPGD(PGD):
             return self.eps
         mask = torch.as_tensor(mask, device=X.device, dtype=X.dtype)
         if mask.ndim != 4 or mask.shape[0] != X.shape[0] or mask.shape[2:] != X.shape[2:]:
-            raise ValueError(f"mask must have shape (N, 1 or C, H, W) matching X {tuple(X.shape)}, got {tuple(mask.shape)}")
+            raise ValueError(f"mask must have shape (N, 1 or C, H, W) matching X {tuple(X.shape)}, "
+                             f"got {tuple(mask.shape)}")
         w = mask * self.spurious_scale + (1 - mask) * self.relevant_scale
         return (self.eps * w).expand_as(X).contiguous()
 

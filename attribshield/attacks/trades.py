@@ -67,6 +67,8 @@ class TRADES(GradientAttack):
         if isinstance(b, bool) or not isinstance(b, numbers.Real) or not b >= 0:
             raise ValueError(f"beta must be a number >= 0, got {b!r}")
 
+    provides_objective = True  # the estimator trains on objective(), not on CE(f(x_adv), y)
+
     def _attack(self, module, X, y, target):
         if target is not None:
             raise ValueError("TRADES is an untargeted, label-free attack; target is not supported")

@@ -1,14 +1,17 @@
 """Explainers: batched LIME, the ``lime`` reference adapter and segmenters."""
-from ._sampling import SAMPLINGS, draw_masks
-from .lime import (Attribution, LimeExplainer, fill_segments, fuse_conv_bn, lime_kernel, segment_means,
-                   weighted_ridge)
 from ._quantize import int8_available, quantize_int8
+from ._sampling import SAMPLINGS, draw_masks
+from .amortized import AmortizedLimeExplainer
+from .gradient import GradientExplainer
+from .lime import Attribution, LimeExplainer, fill_segments, fuse_conv_bn, lime_kernel, segment_means, weighted_ridge
 from .reference import LimeReferenceExplainer
 from .segmentation import GridSegmenter, QuickshiftSegmenter, SlicSegmenter, default_segmenter
 
 __all__ = [
     "Attribution",
     "LimeExplainer",
+    "GradientExplainer",
+    "AmortizedLimeExplainer",
     "LimeReferenceExplainer",
     "GridSegmenter",
     "SlicSegmenter",

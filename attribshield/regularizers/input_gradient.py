@@ -43,6 +43,8 @@ class SpuriousGradientPenalty(_MaskedPenalty):
     (0, True, True)
     """
 
+    requires_mask = True  # declared capability: penalises inside the spurious mask
+
     def __init__(self, weight=1.0):
         self.weight = weight
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import _MaskedPenalty, _is_real
+from ._common import _is_real, _MaskedPenalty
 
 __all__ = ["SpuriousSensitivityPenalty"]
 
@@ -54,6 +54,8 @@ class SpuriousSensitivityPenalty(_MaskedPenalty):
     >>> pen.ndim, bool(pen >= 0), pen.requires_grad
     (0, True, True)
     """
+
+    requires_mask = True  # declared capability: penalises inside the spurious mask
 
     def __init__(self, weight=1.0, h=0.01, random_state=None):
         self.weight = weight

@@ -1,0 +1,782 @@
+"""Amortized LIME: a small network trained on LIME's own objective explains in one pass.
+
+LIME explains image ``x`` for class ``y`` by a kernel-weighted ridge regression of the class
+probability ``p_y(fill(x, 1 - z))`` on the binary keep-vector ``z`` of the segments.  Written
+as an expectation over LIME's sampling distribution (the all-ones mask with mass ``1/P``,
+i.i.d. Bernoulli(1/2) masks otherwise, ``P = n_samples``), the regression minimises, divided
+by ``P``::
+
+    L(b, w; x) = E_z[ pi(z) (p_y(fill(x, 1 - z)) - b - w . z)^2 ] + (alpha / P) ||w||^2
+
+:class:`AmortizedLimeExplainer` trains one network ``phi`` so that ``(b(x), w(x)) = phi(x)``
+minimises ``E_x L(b(x), w(x); x)`` over images: with enough capacity the minimiser is every
+image's own LIME solution (the population one, with the sampling noise of a finite ``P``
+averaged out), and no ground-truth explanations are needed.  FastSHAP (Jethani et al., ICLR
+2022) does the same for Shapley values; here the loss is LIME's.  Explaining is then one
+forward pass of ``phi`` (plus one pass of the classifier for the predicted class), with no
+per-image regression.
+
+The network predicts per-pixel maps (one per class) whose sums over a segment's pixels are
+the segment weights, so any segmentation can be explained, not only the one trained on.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.exceptions import NotFittedError
+from torch import nn
+
+from .._params import Integral, Options, Real, validate_params
+from .._validation import check_images, check_labels
+from ..base import Component, eval_mode, get_module
+from ._sampling import draw_masks
+from .lime import (Attribution, LimeExplainer, _is_int, _module_device, _module_dtype, _r2, fill_segments, lime_kernel,
+                   segment_means)
+from .segmentation import default_segmenter
+
+__all__ = ["AmortizedLimeExplainer"]
+
+# perturbed images per classifier call during training, and images per explain chunk
+_EVAL_CHUNK = 512
+_EXPLAIN_CHUNK = 256
+
+
+def _has_segment(v) -> bool:
+    """an object with a segment(X) method"""
+    return hasattr(v, "segment")
+
+
+# --------------------------------------------------------------------------- network
+class _ExplainerNet(nn.Module):
+    """A small U-Net: per-pixel maps ``(N, K, H, W)`` and intercept corrections ``(N, K)``.
+
+    Two stride-2 stages (``hidden``, ``2 * hidden``, ``4 * hidden`` channels), a global
+    context vector (pooled bottleneck features and the classifier's probabilities) that shifts
+    the bottleneck and feeds the intercept head, and an additive decoder back to full
+    resolution.  The output layers start at zero, so an untrained network explains every
+    segment with weight 0 (and the intercept with ``p_y(x)``).
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, hidden: int):
+        super().__init__()
+        h = int(hidden)
+        self.stem = nn.Conv2d(in_channels, h, 3, padding=1)
+        self.down1 = nn.Sequential(nn.Conv2d(h, 2 * h, 3, stride=2, padding=1), nn.ReLU(),
+                                   nn.Conv2d(2 * h, 2 * h, 3, padding=1), nn.ReLU())
+        self.down2 = nn.Sequential(nn.Conv2d(2 * h, 4 * h, 3, stride=2, padding=1), nn.ReLU(),
+                                   nn.Conv2d(4 * h, 4 * h, 3, padding=1), nn.ReLU())
+        self.context = nn.Sequential(nn.Linear(4 * h + n_classes, 4 * h), nn.ReLU())
+        self.shift = nn.Linear(4 * h, 4 * h)
+        self.intercept = nn.Linear(4 * h, n_classes)
+        self.up2 = nn.Conv2d(4 * h, 2 * h, 3, padding=1)
+        self.up1 = nn.Conv2d(2 * h, h, 3, padding=1)
+        self.head = nn.Sequential(nn.Conv2d(h, h, 3, padding=1), nn.ReLU(), nn.Conv2d(h, n_classes, 1))
+        for layer in (self.head[-1], self.intercept):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, feats: torch.Tensor, probs: torch.Tensor):
+        s = F.relu(self.stem(feats))
+        d1 = self.down1(s)
+        d2 = self.down2(d1)
+        ctx = self.context(torch.cat([d2.mean((2, 3)), probs], 1))
+        u = F.relu(d2 + self.shift(ctx)[:, :, None, None])
+        u = F.relu(self.up2(u))
+        u = F.interpolate(u, size=d1.shape[2:], mode="nearest") + d1
+        u = F.relu(self.up1(u))
+        u = F.interpolate(u, size=s.shape[2:], mode="nearest") + s
+        return self.head(u), self.intercept(ctx)
+
+
+# --------------------------------------------------------------------------- sampling
+def _coalition_law(valid: torch.Tensor, kernel_width: float):
+    """LIME's kernel-weighted law of the number of kept segments.
+
+    For an image with ``S_n`` segments and ``z`` i.i.d. Bernoulli(1/2), the kernel weight
+    ``pi(z)`` depends only on ``k = |z|``.  Returns ``q`` of shape ``(N, S + 1)``, the law of
+    ``k`` under the tilted distribution ``2^-S_n pi(z) / Z`` (0 for ``k > S_n``), and
+    ``Z = E[pi(z)]`` of shape ``(N,)``, both float64.
+    """
+    s_n = valid.sum(1, keepdim=True).double()  # (N, 1)
+    k = torch.arange(valid.shape[1] + 1, device=valid.device, dtype=torch.float64)[None]  # (1, S+1)
+    possible = k <= s_n
+    kc = torch.minimum(k, s_n)
+    log_binom = torch.lgamma(s_n + 1) - torch.lgamma(kc + 1) - torch.lgamma(s_n - kc + 1)
+    d = 1.0 - torch.sqrt(kc / s_n)
+    log_pi = -(d**2) / (2.0 * kernel_width**2)  # log sqrt(exp(-d^2 / kw^2))
+    logq = torch.where(possible, log_binom - s_n * math.log(2.0) + log_pi, torch.full_like(d, -math.inf))
+    log_z = torch.logsumexp(logq, 1)
+    return torch.exp(logq - log_z[:, None]), torch.exp(log_z)
+
+
+def _draw_coalitions(valid: torch.Tensor, n: int, law: torch.Tensor, generator) -> torch.Tensor:
+    """``n`` keep-masks per image from the kernel-tilted law: ``(N, n, S)`` bool.
+
+    The number kept ``k`` is drawn from ``law``, then ``k`` of the valid segments uniformly;
+    padding columns are kept (they match no pixel).
+    """
+    N, S = valid.shape
+    k = torch.multinomial(law.float(), n, replacement=True, generator=generator)  # (N, n)
+    scores = torch.rand(N, n, S, generator=generator, device=valid.device)
+    scores = scores.masked_fill(~valid[:, None], 2.0)
+    ranks = scores.argsort(2).argsort(2)
+    return (ranks < k[..., None]) | ~valid[:, None]
+
+
+# --------------------------------------------------------------------------- explainer
+class AmortizedLimeExplainer(Component):
+    """LIME explanations from one forward pass of a network trained on LIME's objective.
+
+    The network ``phi`` maps an image to a per-pixel map for each class; a segment's weight is
+    the sum of the target class's map over the segment's pixels, and the intercept is
+    ``p_y(x) - sum(weights) + c_y(x)`` with ``c`` a second (pooled) output of ``phi``.
+    ``phi`` is trained, without ground-truth explanations, to minimise LIME's expected
+    kernel-weighted ridge objective (module docstring): each step draws ``n_coalitions``
+    masks per image from the kernel-weighted law of LIME's masks (importance sampling: every
+    sample then has weight ``E[pi]``, the same objective in expectation with less variance),
+    runs the classifier (eval mode, ``no_grad``) on the filled images and takes one Adam step
+    in ``phi``'s parameters.
+
+    Parameters
+    ----------
+    segmenter : Component or None, default=None
+        Object with ``segment(X) -> (N, H, W)``, used for training and by default at
+        explanation time.  ``None``: a 4x4 :class:`GridSegmenter` (as :class:`LimeExplainer`).
+        Any other segmentation can be passed to :meth:`explain` as ``segments``.
+    kernel_width : float, default=0.25
+        Width of LIME's kernel ``sqrt(exp(-d^2 / kernel_width^2))`` on the cosine distance.
+    alpha : float, default=1.0
+        Ridge penalty of the LIME regression that is mimicked.
+    n_samples : int, default=1000
+        Sample count of the mimicked LIME (>= 2): the ridge term is ``alpha / n_samples``
+        and the all-ones mask carries mass ``1 / n_samples``, as in ``lime``.
+    n_coalitions : int, default=16
+        Masks drawn per image and training step (classifier passes per image and step).
+    hidden : int, default=32
+        Channels of the network's first stage (it has ``hidden``, ``2 * hidden`` and
+        ``4 * hidden``).
+    use_gradient : bool, default=False
+        Also feed the network the input gradient ``g`` of ``p_y`` and the first-order
+        attribution ``g * (x - fill)`` (the linearised effect of hiding each pixel), and add
+        the latter to the target's map.  Costs one backward pass of the classifier per
+        explained image (about three forward passes).
+    all_classes : bool, default=False
+        Train every class's map on the same masks (the classifier returns every class's
+        probability at no extra cost): the loss is the target's objective plus the sum of
+        every class's.  ``False``: only the target's objective is trained (as FastSHAP does).
+    lr : float, default=2e-3
+        Adam learning rate (:meth:`fit` decays it along a cosine to ``lr / 20``).
+    weight_decay : float, default=0.0
+        Adam weight decay.
+    batch_size : int, default=64
+        Images per training step in :meth:`fit`.
+    max_epochs : int, default=10
+        Passes over the images in :meth:`fit`.
+    augment : bool, default=True
+        Flip the training images of :meth:`fit` horizontally at random (any image is a valid
+        training input of an objective without labels).
+    channels_last : bool, default=False
+        Run the classifier's forward passes in ``torch.channels_last`` memory format.
+    autocast : {None, "bf16", "fp16"}, default=None
+        Run the classifier's forward passes under ``torch.autocast`` with this dtype.
+    verbose : bool, default=False
+        Show a progress bar over the epochs of :meth:`fit` (``tqdm``).
+    random_state : None, int or generator, default=None
+        Seeds the network's initialisation, the masks, the shuffling and the flips.
+
+    Attributes
+    ----------
+    net_ : torch.nn.Module
+        The explainer network (on the device of the last call).
+    optimizer_ : torch.optim.Adam
+    n_classes_ : int
+        Number of classes of the model it was initialised for.
+    n_channels_ : int
+        Image channels it was initialised for.
+    n_iter_ : int
+        Optimisation steps taken (:meth:`fit` and :meth:`partial_fit` together).
+    loss_ : float
+        Mean LIME objective of the last step's batch (on its sampled masks).
+    loss_curve_ : list of float
+        Mean step loss of every epoch of the last :meth:`fit`.
+
+    See Also
+    --------
+    LimeExplainer : exact LIME (``2 x n_samples`` forward passes per image).
+
+    Notes
+    -----
+    Cost of :meth:`explain` per image: one classifier forward pass (predicted class and
+    ``p_y(x)``; plus one backward pass with ``use_gradient=True``) and one forward pass of the
+    explainer network (about 50M multiply-adds on a 32x32 image with ``hidden=32``, similar to
+    the ``SmallCNN`` classifier).  Cost of a training step per image: ``n_coalitions + 1``
+    classifier forward passes and one forward/backward pass of the network.
+
+    The ``score`` of an :class:`Attribution` is ``NaN`` unless ``samples`` are passed to
+    :meth:`explain`: the surrogate is never fitted to samples of that image, so there is no
+    R^2 to report for free.  With ``samples`` the model is run on those masks and ``score`` is
+    the surrogate's weighted R^2 on them (LIME's ``score``), an audit of the amortization.
+
+    Within a training loop, call :meth:`partial_fit` on every batch (one step against the
+    current model) and :meth:`explain` where explanations are needed; audit against
+    :class:`LimeExplainer` on a few images now and then.
+
+    References
+    ----------
+    .. [1] Jethani, Sudarshan, Covert, Lee, Ranganath. "FastSHAP: Real-Time Shapley Value
+       Estimation". ICLR 2022.
+    .. [2] Ribeiro, Singh, Guestrin. "Why Should I Trust You?": Explaining the Predictions of
+       Any Classifier. KDD 2016.
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    >>> X = torch.rand(16, 1, 8, 8)
+    >>> expl = AmortizedLimeExplainer(hidden=8, max_epochs=2, batch_size=8, random_state=0)
+    >>> attr = expl.fit(model, X).explain(model, X[:2])
+    >>> attr.weights.shape, attr.to_pixels().shape, expl.n_iter_
+    (torch.Size([2, 16]), torch.Size([2, 1, 8, 8]), 4)
+    >>> bool(attr.score.isnan().all())
+    True
+    """
+
+    trainable = True  # declared capability: partial_fit trains it online inside a training loop
+
+    _parameter_constraints = {
+        "segmenter": [None, _has_segment],
+        "kernel_width": [Real(0, None, closed="neither")],
+        "alpha": [Real(0, None)],
+        "n_samples": [Integral(2, None)],
+        "n_coalitions": [Integral(1, None)],
+        "hidden": [Integral(1, None)],
+        "use_gradient": [bool],
+        "all_classes": [bool],
+        "lr": [Real(0, None, closed="neither")],
+        "weight_decay": [Real(0, None)],
+        "batch_size": [Integral(1, None)],
+        "max_epochs": [Integral(1, None)],
+        "augment": [bool],
+        "channels_last": [bool],
+        "autocast": [None, Options("bf16", "fp16")],
+        "verbose": [bool],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        segmenter=None,
+        kernel_width=0.25,
+        alpha=1.0,
+        n_samples=1000,
+        n_coalitions=16,
+        hidden=32,
+        use_gradient=False,
+        all_classes=False,
+        lr=2e-3,
+        weight_decay=0.0,
+        batch_size=64,
+        max_epochs=10,
+        augment=True,
+        channels_last=False,
+        autocast=None,
+        verbose=False,
+        random_state=None,
+    ):
+        self.segmenter = segmenter
+        self.kernel_width = kernel_width
+        self.alpha = alpha
+        self.n_samples = n_samples
+        self.n_coalitions = n_coalitions
+        self.hidden = hidden
+        self.use_gradient = use_gradient
+        self.all_classes = all_classes
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.augment = augment
+        self.channels_last = channels_last
+        self.autocast = autocast
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # ----------------------------------------------------------------- state
+    def _validate_params(self) -> None:
+        validate_params(self)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "net_" in self.__dict__
+
+    def _check_fitted(self) -> None:
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet: call fit(model, X) or "
+                "partial_fit(model, X) before explain"
+            )
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        net = state.get("net_")
+        if net is not None:
+            # pickles load without CUDA: the network and Adam's moments travel on the CPU
+            if any(p.device.type != "cpu" for p in net.parameters()):
+                state["net_"] = copy.deepcopy(net).cpu()
+            opt = state.pop("optimizer_", None)
+            if opt is not None:
+                sd = opt.state_dict()
+                sd["state"] = {i: {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in s.items()}
+                               for i, s in sd["state"].items()}
+                state["_optimizer_state"] = sd
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        opt_state = state.pop("_optimizer_state", None)
+        super().__setstate__(state)
+        if opt_state is not None:
+            self.optimizer_ = self._make_optimizer(self.net_)
+            self.optimizer_.load_state_dict(opt_state)
+
+    def _make_optimizer(self, net):
+        return torch.optim.Adam(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+
+    def _in_channels(self, n_channels: int) -> int:
+        return 2 * n_channels + (n_channels + 1 if self.use_gradient else 0)
+
+    def _initialize(self, n_channels: int, n_classes: int, device, generator) -> None:
+        """Build ``net_`` and ``optimizer_`` (seeded from ``generator``) on ``device``."""
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                net = _ExplainerNet(self._in_channels(n_channels), n_classes, int(self.hidden))
+        else:
+            net = _ExplainerNet(self._in_channels(n_channels), n_classes, int(self.hidden))
+        self.net_ = net.to(device)
+        self.optimizer_ = self._make_optimizer(self.net_)
+        self.n_classes_ = int(n_classes)
+        self.n_channels_ = int(n_channels)
+        self.n_iter_ = 0
+        self.loss_ = float("nan")
+        self.net_config_ = (int(n_channels), int(n_classes), int(self.hidden), bool(self.use_gradient))
+
+    def _reset(self) -> None:
+        for name in ("net_", "optimizer_", "n_classes_", "n_channels_", "n_iter_", "loss_", "loss_curve_",
+                     "net_config_"):
+            self.__dict__.pop(name, None)
+
+    def _net_on(self, device):
+        """``net_`` on ``device`` (moved in place, Adam's moments with it)."""
+        p = next(self.net_.parameters())
+        if p.device != torch.device(device):
+            self.net_.to(device)
+            if "optimizer_" in self.__dict__:
+                self.optimizer_.load_state_dict(self.optimizer_.state_dict())  # recasts the moments
+        return self.net_
+
+    def _check_compatible(self, n_channels: int, n_classes: int) -> None:
+        want = (int(n_channels), int(n_classes), int(self.hidden), bool(self.use_gradient))
+        have = self.net_config_
+        if want != have:
+            raise ValueError(
+                f"this explainer was initialised for {have[0]}-channel images, {have[1]} classes, "
+                f"hidden={have[2]}, use_gradient={have[3]}; got {want[0]}-channel images and "
+                f"{want[1]} classes with hidden={want[2]}, use_gradient={want[3]}: call fit to start over"
+            )
+
+    # ----------------------------------------------------------------- classifier
+    def _logits(self, module, X) -> torch.Tensor:
+        if self.channels_last:
+            X = X.contiguous(memory_format=torch.channels_last)
+        if self.autocast is not None:
+            dt = torch.bfloat16 if self.autocast == "bf16" else torch.float16
+            with torch.autocast(device_type=X.device.type, dtype=dt):
+                return module(X)
+        return module(X)
+
+    def _clean_pass(self, module, X, target, need_grad: bool):
+        """Probabilities ``(N, K)`` of the clean images, the target ``(N,)`` and, with
+        ``need_grad``, the input gradient of ``p_target`` ``(N, C, H, W)`` (else ``None``).
+
+        ``target`` is ``None`` (predicted class) or an already validated ``(N,)`` tensor.
+        """
+        n, c, h, w = X.shape
+        try:
+            if need_grad:
+                with torch.enable_grad():
+                    Xg = X.detach().requires_grad_(True)
+                    logits = self._logits(module, Xg)
+                    _check_logits(logits)
+                    probs = torch.softmax(logits.float(), 1)
+                    t = probs.argmax(1) if target is None else target
+                    grad = torch.autograd.grad(probs.gather(1, t[:, None]).sum(), Xg)[0]
+                return probs.detach(), t, grad.detach()
+            with torch.no_grad():
+                logits = self._logits(module, X)
+            _check_logits(logits)
+        except (RuntimeError, TypeError, IndexError) as exc:
+            raise ValueError(
+                f"the module rejected images of shape (N, {c}, {h}, {w}) (wrong channel count or size?): {exc}"
+            ) from exc
+        probs = torch.softmax(logits.float(), 1)
+        t = probs.argmax(1) if target is None else target
+        return probs, t, None
+
+    def _masked_probs(self, module, X, fimg, seg, keep) -> torch.Tensor:
+        """Class probabilities of the filled images: ``(N, P, K)`` float32 (no_grad, batched)."""
+        n, p, _ = keep.shape
+        per = max(1, _EVAL_CHUNK // p)
+        out = []
+        with torch.no_grad():
+            for a in range(0, n, per):
+                b = min(a + per, n)
+                imgs = fill_segments(X[a:b], seg[a:b], keep[a:b], fill=fimg[a:b])
+                logits = self._logits(module, imgs.reshape(-1, *X.shape[1:]))
+                out.append(torch.softmax(logits.float(), 1).reshape(b - a, p, -1))
+        return torch.cat(out)
+
+    # ----------------------------------------------------------------- surrogate
+    def _segments(self, X, segments) -> torch.Tensor:
+        if segments is not None:
+            # the same checks and relabelling as LimeExplainer (they use no state of self)
+            return LimeExplainer._check_segments(self, segments, X)
+        n, _, h, w = X.shape
+        segmenter = self.segmenter if self.segmenter is not None else default_segmenter(h, w)
+        return segmenter.segment(X).to(X.device).long()
+
+    def _surrogate(self, X, seg, valid, fimg, probs, target, grad, all_classes=False):
+        """Segment weights ``(N, S)`` and intercepts ``(N,)`` of the amortized surrogate for
+        the target (with ``all_classes``: ``(N, K, S)`` and ``(N, K)`` for every class),
+        differentiable in ``net_``'s parameters; float32."""
+        n, c, h, w = X.shape
+        Xf, ff = X.float(), fimg.float()
+        scale = h * w / 16.0  # maps are in units of "weight of a 1/16 of the image"
+        parts = [Xf - 0.5, Xf - ff]
+        if grad is not None:
+            first = (grad.float() * (Xf - ff)).sum(1, keepdim=True)  # (N, 1, H, W)
+            parts += [grad.float() * scale, first * scale]
+        maps, corr = self.net_(torch.cat(parts, 1), probs)
+        if not all_classes:
+            maps = maps.gather(1, target[:, None, None, None].expand(n, 1, h, w))
+            corr = corr.gather(1, target[:, None])
+            probs = probs.gather(1, target[:, None])
+        k = maps.shape[1]
+        pix = (maps / scale).reshape(n, k, h * w)
+        if grad is not None:  # the first-order attribution belongs to the target's map
+            row = torch.zeros(n, k, 1, dtype=pix.dtype, device=pix.device)
+            row[torch.arange(n), target if all_classes else 0] = 1.0
+            pix = pix + row * first.reshape(n, 1, h * w)
+        weights = torch.zeros(n, k, valid.shape[1], dtype=pix.dtype, device=pix.device)
+        weights = weights.scatter_add(2, seg.reshape(n, 1, h * w).expand(n, k, h * w), pix)
+        intercept = probs - weights.sum(2) + corr
+        if not all_classes:
+            return weights[:, 0], intercept[:, 0]
+        return weights, intercept
+
+    def _prepare(self, module, X, target, segments=None):
+        """Clean pass, segments, valid columns and fill of a batch (everything but ``phi``)."""
+        probs, target, grad = self._clean_pass(module, X, target, bool(self.use_gradient))
+        seg = self._segments(X, segments)
+        s_n = seg.reshape(seg.shape[0], -1).amax(1) + 1
+        valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
+        fimg = segment_means(X, seg)
+        return probs, target, grad, seg, valid, fimg
+
+    def _inputs(self, model, X, target):
+        """Validate ``model``, ``X`` and ``target``; ``X`` on the module's device and dtype."""
+        module = get_module(model)
+        X = check_images(X)
+        device = _module_device(module, X)
+        X = X.to(device=device, dtype=_module_dtype(module, X))
+        if target is not None:
+            if _is_int(target) or (isinstance(target, torch.Tensor) and target.ndim == 0):
+                target = [int(target)] * X.shape[0]
+            target = check_labels(target, X.shape[0], name="target").to(device)
+        return module, X, target
+
+    def _check_target_range(self, target, n_classes) -> None:
+        if target is not None and bool((target >= n_classes).any()):
+            raise ValueError(f"target contains labels >= n_classes={n_classes} (max {int(target.max())})")
+
+    # ----------------------------------------------------------------- training
+    def _step(self, module, X, target, generator, lr) -> float:
+        """One Adam step on the LIME objective of the batch ``X``; returns the batch loss."""
+        P = float(self.n_samples)
+        with eval_mode(module):
+            probs, target, grad, seg, valid, fimg = self._prepare(module, X, target)
+            law, z_pi = _coalition_law(valid, float(self.kernel_width))
+            keep = _draw_coalitions(valid, int(self.n_coalitions), law, generator)
+            f = self._masked_probs(module, X, fimg, seg, keep)  # (N, n, K)
+        net = self.net_
+        net.train()
+        for group in self.optimizer_.param_groups:
+            group["lr"] = float(lr)
+        all_classes = bool(self.all_classes)
+        weights, intercept = self._surrogate(X, seg, valid, fimg, probs, target, grad, all_classes)
+        if all_classes:  # every class: (N, K, S) weights, (N, n, K) targets
+            p_full = probs
+        else:
+            f = f.gather(2, target[:, None, None].expand(-1, f.shape[1], 1))
+            weights, intercept = weights[:, None], intercept[:, None]
+            p_full = probs.gather(1, target[:, None])
+        corr = intercept - p_full + weights.sum(2)  # residual of the all-ones mask is -corr
+        hidden = (~keep).float()
+        resid = (f - p_full[:, None]) + hidden @ weights.transpose(1, 2) - corr[:, None]  # (N, n, K)
+        per_class = (z_pi.float()[:, None] * (P - 1) / P * resid.pow(2).mean(1) + corr.pow(2) / P
+                     + float(self.alpha) / P * weights.pow(2).sum(2))  # (N, K)
+        if all_classes:  # the target's objective plus the sum over every class
+            loss = (per_class.gather(1, target[:, None])[:, 0] + per_class.sum(1)).mean()
+        else:
+            loss = per_class[:, 0].mean()
+        self.optimizer_.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer_.step()
+        net.eval()
+        self.n_iter_ += 1
+        self.loss_ = float(loss.detach())
+        return self.loss_
+
+    def partial_fit(self, model, X, target=None):
+        """One optimisation step of the explainer network against the current ``model``.
+
+        Initialises the network on the first call (from ``X``'s channel count and the
+        model's number of classes).  This is what a training loop calls on every batch.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or fitted RobustAttributionClassifier
+            Returns logits ``(B, K)``; it is run in eval mode under ``no_grad`` (its training
+            flags are restored after) and never modified.
+        X : array-like or torch.Tensor of shape (N, C, H, W)
+            Images in [0, 1].
+        target : None, int or array-like of shape (N,), default=None
+            Class to explain per image; ``None``: the predicted class.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        module, X, target = self._inputs(model, X, target)
+        generator = self._generator(X.device)
+        if not self.__sklearn_is_fitted__():
+            with eval_mode(module), torch.no_grad():
+                probs, _, _ = self._clean_pass(module, X[:1], None, False)
+            self._initialize(X.shape[1], probs.shape[1], X.device, generator)
+        self._check_compatible(X.shape[1], self.n_classes_)
+        self._check_target_range(target, self.n_classes_)
+        self._net_on(X.device)
+        self._step(module, X, target, generator, float(self.lr))
+        return self
+
+    def fit(self, model, X, target=None):
+        """Train a new explainer network for ``model`` on the images ``X``.
+
+        Runs ``max_epochs`` passes over ``X`` in shuffled batches of ``batch_size`` (flipped
+        at random with ``augment``), one Adam step per batch, with the learning rate decayed
+        along a cosine from ``lr`` to ``lr / 20``.  Any previous network is discarded.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or fitted RobustAttributionClassifier
+            Returns logits ``(B, K)``; frozen during the fit (eval mode, ``no_grad``).
+        X : array-like or torch.Tensor of shape (N, C, H, W)
+            Training images in [0, 1] (kept where they are; batches move to the model's
+            device).
+        target : None, int or array-like of shape (N,), default=None
+            Class to explain per image; ``None``: the predicted class (of the flipped image
+            when it was flipped).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        module = get_module(model)
+        X = check_images(X)
+        n = X.shape[0]
+        if target is not None:
+            if _is_int(target) or (isinstance(target, torch.Tensor) and target.ndim == 0):
+                target = [int(target)] * n
+            target = check_labels(target, n, name="target")
+        device = _module_device(module, X)
+        dtype = _module_dtype(module, X)
+        with eval_mode(module), torch.no_grad():
+            probs, _, _ = self._clean_pass(module, X[:1].to(device=device, dtype=dtype), None, False)
+        self._check_target_range(target, probs.shape[1])
+        self._reset()
+        self.__dict__.pop("_generators", None)  # fit starts again from random_state
+        generator = self._generator(device)
+        self._initialize(X.shape[1], probs.shape[1], device, generator)
+        bs = int(self.batch_size)
+        n_batches = math.ceil(n / bs)
+        total = n_batches * int(self.max_epochs)
+        lr0 = float(self.lr)
+        epochs = range(int(self.max_epochs))
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = epochs = tqdm(epochs, desc=type(self).__name__, unit="epoch")
+        self.loss_curve_ = []
+        step = 0
+        for _ in epochs:
+            perm = torch.randperm(n, generator=generator, device=device).cpu()
+            losses = []
+            for a in range(0, n, bs):
+                idx = perm[a:a + bs]
+                xb = X[idx].to(device=device, dtype=dtype)
+                if self.augment:
+                    flip = torch.rand(len(idx), generator=generator, device=device) < 0.5
+                    xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+                tb = None if target is None else target[idx].to(device)
+                lr = lr0 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total)))
+                losses.append(self._step(module, xb, tb, generator, lr))
+                step += 1
+            self.loss_curve_.append(float(np.mean(losses)))
+            if bar is not None:
+                bar.set_postfix(loss=f"{self.loss_curve_[-1]:.3g}")
+        return self
+
+    # ----------------------------------------------------------------- explaining
+    def explain(self, model, X, target=None, *, segments=None, samples=None) -> Attribution:
+        """Explain the predictions of ``model`` on ``X`` with the trained network.
+
+        Parameters
+        ----------
+        model : torch.nn.Module or fitted RobustAttributionClassifier
+            The model the explainer was trained for (or is being trained against).
+        X : array-like or torch.Tensor of shape (N, C, H, W)
+            Images in [0, 1] (moved to the module's device).
+        target : None, int or array-like of shape (N,), default=None
+            Class to explain per image; ``None``: the predicted class.
+        segments : array-like of shape (N, H, W) or (H, W), optional
+            Any segmentation (integer labels, relabelled to ``0..S_n-1`` when needed);
+            ``None`` runs ``segmenter``.
+        samples : bool array-like of shape (N or 1, P, S), optional
+            Masks (``True`` = kept) on which to audit the surrogate: the model is run on them
+            and ``score`` is the surrogate's weighted R^2 (LIME's kernel).  ``None``: no
+            model passes beyond the clean one, and ``score`` is ``NaN``.
+
+        Returns
+        -------
+        Attribution
+            On the module's device; ``weights`` (padding columns exactly 0, ``valid`` False)
+            and ``intercept`` in float32 (float64 when ``X`` is float64).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before :meth:`fit` or :meth:`partial_fit`.
+        ValueError
+            Invalid hyperparameters, images or target; a model whose channel count or number
+            of classes differs from the one trained for; malformed ``segments`` or ``samples``.
+        """
+        self._validate_params()
+        self._check_fitted()
+        module, X, target = self._inputs(model, X, target)
+        self._check_compatible(X.shape[1], self.n_classes_)
+        self._check_target_range(target, self.n_classes_)
+        out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
+        n = X.shape[0]
+        net = self._net_on(X.device)
+        seg_all = None if segments is None else self._segments(X, segments)
+        parts = []
+        with eval_mode(module), eval_mode(net):
+            for a in range(0, n, _EXPLAIN_CHUNK):
+                b = min(a + _EXPLAIN_CHUNK, n)
+                tb = None if target is None else target[a:b]
+                probs, tb, grad = self._clean_pass(module, X[a:b], tb, bool(self.use_gradient))
+                if probs.shape[1] != self.n_classes_:
+                    self._check_compatible(X.shape[1], probs.shape[1])
+                seg = seg_all[a:b] if seg_all is not None else self._segments(X[a:b], None)
+                fimg = segment_means(X[a:b], seg)
+                with torch.no_grad():
+                    s_n = seg.reshape(b - a, -1).amax(1) + 1
+                    valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
+                    w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
+                parts.append((seg, w, valid, icpt, tb))
+        s_max = max(p[1].shape[1] for p in parts)
+        seg = torch.cat([p[0] for p in parts])
+        weights = torch.cat([F.pad(p[1], (0, s_max - p[1].shape[1])) for p in parts])
+        valid = torch.cat([F.pad(p[2], (0, s_max - p[2].shape[1])) for p in parts])
+        intercept = torch.cat([p[3] for p in parts])
+        target = torch.cat([p[4] for p in parts]).long()
+        score = torch.full((n,), float("nan"), dtype=torch.float64, device=X.device)
+        if samples is not None:
+            keep = _check_samples(samples, n, s_max, X.device)
+            with eval_mode(module):
+                f = self._masked_probs(module, X, segment_means(X, seg), seg, keep | ~valid[:, None])
+            f = f.gather(2, target[:, None, None].expand(-1, f.shape[1], 1))[..., 0]
+            sw = lime_kernel(keep, valid, float(self.kernel_width))
+            score = _r2(keep, f.double(), sw, valid, weights.double(), intercept.double())
+        return Attribution(
+            segments=seg,
+            weights=weights.to(out_dtype),
+            valid=valid,
+            intercept=intercept.to(out_dtype),
+            score=score.to(out_dtype),
+            target=target,
+        )
+
+    def objective(self, model, X, target=None, *, segments=None, samples=None) -> torch.Tensor:
+        """LIME's objective of the current explanations, per image.
+
+        ``sum_p pi_p (p_y(fill(x, 1 - z_p)) - b - w . z_p)^2 / P + (alpha / n_samples) ||w||^2``
+        over ``P`` masks ``z_p``: with LIME's masks (the default) this estimates the objective
+        the network is trained on, so it can be compared before and after training.
+
+        Parameters
+        ----------
+        model, X, target, segments
+            As in :meth:`explain`.
+        samples : bool array-like of shape (N or 1, P, S), optional
+            Masks to evaluate on (``True`` = kept).  ``None``: ``n_samples`` masks drawn as
+            ``lime`` does (the first keeps every segment) from the explainer's generator.
+
+        Returns
+        -------
+        torch.Tensor of shape (N,), float64
+        """
+        attr = self.explain(model, X, target, segments=segments)
+        module, X, _ = self._inputs(model, X, None)
+        n, s = attr.weights.shape
+        device = attr.weights.device
+        if samples is None:
+            keep = draw_masks(n, int(self.n_samples), s, method="lime", generator=self._generator(device), device=device)
+        else:
+            keep = _check_samples(samples, n, s, device)
+        keep = keep | ~attr.valid[:, None]
+        with eval_mode(module):
+            f = self._masked_probs(module, X, segment_means(X, attr.segments), attr.segments, keep)
+        f = f.gather(2, attr.target[:, None, None].expand(-1, f.shape[1], 1))[..., 0]
+        sw = lime_kernel(keep, attr.valid, float(self.kernel_width))
+        w = attr.weights.double()
+        pred = attr.intercept.double()[:, None] + (keep.double() * w[:, None]).sum(2)
+        P = keep.shape[1]
+        return (sw * (f.double() - pred) ** 2).sum(1) / P + float(self.alpha) / float(self.n_samples) * (w**2).sum(1)
+
+
+def _check_logits(logits) -> None:
+    if logits.ndim != 2:
+        raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
+
+
+def _check_samples(samples, n: int, s_max: int, device) -> torch.Tensor:
+    keep = torch.as_tensor(samples, device=device)
+    if keep.dtype != torch.bool:
+        if not bool(((keep == 0) | (keep == 1)).all()):
+            raise ValueError("samples must be binary (bool or 0/1)")
+        keep = keep.bool()
+    if keep.ndim == 2:
+        keep = keep[None]
+    if keep.ndim != 3 or keep.shape[0] not in (1, n) or keep.shape[2] != s_max:
+        raise ValueError(f"samples must have shape (N or 1, P, S) with N={n}, S={s_max}, got {tuple(keep.shape)}")
+    if keep.shape[1] < 1:
+        raise ValueError("samples must hold at least 1 mask per image")
+    return keep.expand(n, -1, -1)

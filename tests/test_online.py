@@ -1,0 +1,159 @@
+"""Full-dose (online) refinement, the explicit component protocol, and loss terms through get_loss."""
+import numpy as np
+import pytest
+import torch
+
+from attribshield import RobustAttributionClassifier
+from attribshield.attacks import FGSM, PGD, TRADES, GuidedPGD
+from attribshield.base import capability, check_component
+from attribshield.explainers import GradientExplainer, LimeExplainer
+from attribshield.maskers import LimeMasker, RandomMasker
+from attribshield.regularizers import GradAlign, SpuriousGradientPenalty
+from attribshield.testing import TinyMLP, make_images
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_images(n=48, c=1, h=8, w=8, n_classes=3, seed=0)
+    return np.asarray(X, dtype=np.float32), np.asarray(y)
+
+
+def _online(**kw):
+    params = dict(module=TinyMLP, module__num_classes=3, max_epochs=2, batch_size=16, lr=0.05, verbose=0,
+                  random_state=0, attacker=FGSM(eps=0.05, random_start=True, random_state=0),
+                  masker=LimeMasker(top_k=2), explainer=GradientExplainer(),
+                  regularizer=SpuriousGradientPenalty(weight=0.1), refine_mode="online", mask_fraction=0.5,
+                  penalty_fraction=0.25, audit_size=8, audit_samples=16)
+    params.update(kw)
+    return RobustAttributionClassifier(**params)
+
+
+@pytest.mark.parametrize("slot, wrong", [
+    ("attacker", LimeMasker()), ("masker", LimeExplainer()), ("explainer", FGSM()),
+    ("regularizer", RandomMasker()), ("augment", 3)])
+def test_a_component_in_the_wrong_slot_fails_before_training(data, slot, wrong):
+    components = {"masker": LimeMasker()} if slot == "regularizer" else {}
+    components[slot] = wrong
+    clf = RobustAttributionClassifier(TinyMLP, module__num_classes=3, max_epochs=1, verbose=0, **components)
+    with pytest.raises(ValueError, match=slot):
+        clf.fit(*data)
+    assert not clf.initialized_ and not clf.history  # nothing trained
+
+
+def test_a_class_instead_of_an_instance_is_named():
+    with pytest.raises(ValueError, match="instance.*FGSM"):
+        check_component("attacker", FGSM)
+
+
+def test_a_bad_component_hyperparameter_fails_at_initialize():
+    clf = RobustAttributionClassifier(TinyMLP, attacker=FGSM(eps=-1.0), verbose=0)
+    with pytest.raises(ValueError, match="eps"):
+        clf.initialize()
+
+
+def test_declared_capabilities():
+    assert capability(TRADES(), "provides_objective") and not capability(FGSM(), "provides_objective")
+    assert capability(GuidedPGD(), "accepts_mask") and not capability(PGD(), "accepts_mask")
+    assert capability(FGSM(), "provides_input_grad") and not capability(PGD(), "provides_input_grad")
+    assert capability(SpuriousGradientPenalty(), "requires_mask") and not capability(GradAlign(), "requires_mask")
+    assert capability(GradientExplainer(), "uses_input_grad") and not capability(LimeExplainer(), "uses_input_grad")
+    with pytest.raises(ValueError, match="unknown capability"):
+        capability(FGSM(), "flies")
+
+
+def test_fgsm_returns_the_gradient_it_stepped_along():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    X, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    X_adv, grad = FGSM(eps=0.1).perturb(model, X, y, return_grad=True)
+    Xg = X.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(Xg), y, reduction="sum"), Xg)
+    torch.testing.assert_close(grad, ref)
+    torch.testing.assert_close(X_adv, (X + 0.1 * ref.sign()).clamp(0, 1))
+    with pytest.raises(ValueError, match="input gradient"):
+        PGD(eps=0.1).perturb(model, X, y, return_grad=True)
+
+
+def test_regularizer_without_masker_only_when_it_needs_no_mask(data):
+    with pytest.raises(ValueError, match="needs a masker"):
+        RobustAttributionClassifier(TinyMLP, regularizer=SpuriousGradientPenalty(), verbose=0).initialize()
+    clf = RobustAttributionClassifier(TinyMLP, module__num_classes=3, regularizer=GradAlign(weight=0.5, eps=0.05),
+                                      attacker=FGSM(eps=0.05, random_start=True), max_epochs=1, verbose=0,
+                                      random_state=0).fit(*data)
+    assert clf.history[-1, "penalty_loss"] >= 0 and "penalty_loss" in clf.history[-1, "batches", 0]
+
+
+def test_online_masks_every_batch_with_the_current_model(data, monkeypatch):
+    clf = _online()
+    seen = []
+    orig = RobustAttributionClassifier._online_selection
+
+    def spy(self, *args, **kwargs):
+        out = orig(self, *args, **kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(RobustAttributionClassifier, "_online_selection", spy)
+    clf.fit(*data)
+    assert len(seen) == 6  # 3 batches x 2 epochs: a fresh selection for every batch
+    for _segments, selected, has in seen:
+        assert int(has.sum()) == 8  # mask_fraction=0.5 of 16 rows
+        assert bool((selected[has].sum(1) == 2).all()) and not bool(selected[~has].any())
+    row = clf.history[-1]
+    assert {"adv_loss", "masked_loss", "penalty_loss", "audit_spearman", "audit_top3", "audit_dur"} <= set(row)
+    assert -1 <= row["audit_spearman"] <= 1 and 0 <= row["audit_top3"] <= 1
+    assert getattr(clf, "mask_cache_", None) is None  # no rounds, no cache
+
+
+def test_online_random_masker_needs_no_explanation(data, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("RandomMasker must not explain")
+
+    monkeypatch.setattr(GradientExplainer, "explain", boom)
+    monkeypatch.setattr(GradientExplainer, "attribute_from_grad", boom)
+    clf = _online(masker=RandomMasker(top_k=2, random_state=0), audit_size=0).fit(*data)
+    assert "masked_loss" in clf.history[-1]
+
+
+def test_online_gradient_explainer_reuses_the_attack_gradient(data, monkeypatch):
+    calls = []
+    orig = RobustAttributionClassifier._input_grad
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(RobustAttributionClassifier, "_input_grad", counting)
+    _online(masker=LimeMasker(criterion="irrelevant", top_k=2), audit_size=0).fit(*data)
+    assert calls == []  # attribution and gradient mass both come from FGSM's gradient
+
+
+def test_online_needs_a_masker_that_scores_pieces():
+    class OldMasker(LimeMasker):
+        segment_scores = None
+
+    with pytest.raises(ValueError, match="segment_scores"):
+        _online(masker=OldMasker()).initialize()
+
+
+def test_every_cross_entropy_term_goes_through_get_loss(data):
+    class Counting(RobustAttributionClassifier):
+        def get_loss(self, y_pred, y_true, X=None, training=False):
+            if training:
+                self.calls_.append(None if X is None else tuple(X.shape))
+            return super().get_loss(y_pred, y_true, X=X, training=training)
+
+    clf = Counting(**{**_online().get_params(deep=False), "max_epochs": 1, "regularizer": None,
+                      "clean_weight": 0.5, "audit_size": 0})
+    clf.calls_ = []
+    clf.fit(*data)
+    # per batch: adversarial, clean and masked-input terms, each with the images that made them
+    assert len(clf.calls_) == 9 and all(c is not None for c in clf.calls_)
+    assert clf.calls_[2][0] == 8  # the masked rows only
+
+
+def test_online_parameters_are_validated():
+    for bad in [dict(refine_mode="sometimes"), dict(mask_fraction=0), dict(penalty_fraction=1.5),
+                dict(audit_size=-1), dict(audit_samples=1), dict(explainer_update_fraction=True)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _online(**bad).initialize()
