@@ -9,11 +9,16 @@ step and the regularizers use.
 """
 from .fill import FILLS, fill_image, gaussian_blur, masked_region_mean, pixel_mask
 from .lime_masker import CRITERIA, LimeMasker, SpuriousSelection
+from .oracle import OracleAttribution, OracleExplainer, OracleMasker, detect_patch
 from .random_masker import RandomMasker
 
 __all__ = [
     "LimeMasker",
     "RandomMasker",
+    "OracleMasker",
+    "OracleExplainer",
+    "OracleAttribution",
+    "detect_patch",
     "SpuriousSelection",
     "pixel_mask",
     "fill_image",
