@@ -13,7 +13,15 @@ import os
 import sys
 from dataclasses import fields
 
-from ._runtime import tune_allocator
+import numpy as np
+import torch
+from PIL import Image
+from skorch.callbacks import Checkpoint, ProgressBar
+
+from ._runtime import cpu_has_native_bf16, tune_allocator
+from .demo import run_demo
+from .evaluation import evaluate_model
+from .explainers import LimeExplainer
 from .presets import TrainConfig, build_estimator, load_dataset
 
 CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
@@ -43,16 +51,15 @@ def _load_run(model_dir):
 
 
 def _cmd_demo(args):
-    from .demo import run_demo
-
     run_demo(out_dir=args.out, eps=args.eps, random_state=args.seed)
     return 0
 
 
 def _cmd_train(args):
-    from skorch.callbacks import Checkpoint, ProgressBar
-
     cfg = _config_from_args(args)
+    if cfg.bf16 and cfg.device == "cpu" and cpu_has_native_bf16() is False:
+        print("warning: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16): bf16 autocast is "
+              "emulated and much slower than fp32 here; drop --bf16", file=sys.stderr)
     os.makedirs(args.out, exist_ok=True)
     X, y, n_classes = load_dataset(cfg, train=True)
     with open(os.path.join(args.out, "config.json"), "w") as f:
@@ -80,9 +87,6 @@ def _cmd_train(args):
 
 
 def _cmd_evaluate(args):
-    from .evaluation import evaluate_model
-    from .presets import load_dataset
-
     clf, cfg, n_classes = _load_run(args.model)
     if args.dataset:
         cfg.dataset = args.dataset
@@ -96,23 +100,22 @@ def _cmd_evaluate(args):
     res = evaluate_model(clf.module_, X, y, eps=eps, norm=args.norm, autoattack=args.autoattack,
                          cifar10c=True if args.cifar10c else None, out_dir=out, n_classes=n_classes,
                          bounds=args.bounds, steps=args.steps, restarts=args.restarts,
-                         n_queries=args.square_queries, stability=args.stability, progress=True)
+                         n_queries=args.square_queries, stability=args.stability, occlusion=args.occlusion,
+                         occlusion_samples=args.occlusion_samples, channels_last=args.channels_last,
+                         progress=True)
     summary = {}
-    for section in res.values():
-        if isinstance(section, dict):
+    for name, section in res.items():
+        if isinstance(section, dict) and name != "occlusion":
             summary.update({k: v for k, v in section.items() if isinstance(v, (int, float, str)) and v is not None})
+    occ = res.get("occlusion")
+    if occ:  # e.g. "occlusion_attributed_k1": 0.61
+        summary.update({f"occlusion_{m}_k{k}": a for m in ("random", "attributed") for k, a in zip(occ["k"], occ[m])})
     print(json.dumps(summary, indent=2))
     print(f"report: {out}/report.md")
     return 0
 
 
 def _cmd_explain(args):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from .explainers import LimeExplainer
-
     clf, cfg, _ = _load_run(args.model)
     in_ch = getattr(clf.module_, "in_channels", 3)
     size = 8 if cfg.dataset == "digits" else 32
@@ -183,6 +186,16 @@ def build_parser():
     p.add_argument("--bounds", action="store_true", help="also the lower bound and its violation rate")
     p.add_argument("--stability", type=int, default=0, metavar="N",
                    help="also LIME attribution stability under PGD on the first N images (default: off)")
+    p.add_argument("--occlusion", type=int, nargs="+", default=[1, 2, 3, 4], metavar="K",
+                   help="accuracy with K of the 4x4 grid segments filled (mean colour), random and top-K by LIME "
+                        "(default: 1 2 3 4)")
+    p.add_argument("--no-occlusion", dest="occlusion", action="store_const", const=None,
+                   help="skip the occlusion stage")
+    p.add_argument("--occlusion-samples", dest="occlusion_samples", type=int, default=200,
+                   help="LIME samples per image for the attributed occlusion (default 200)")
+    p.add_argument("--channels-last", dest="channels_last", action="store_true",
+                   help="evaluate a channels_last copy of the model (faster convolutions; accuracies equal up to "
+                        "float rounding)")
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -97,7 +97,8 @@ def main(argv=None):
     print("| attack | attribshield (images/s) | torchattacks (images/s) | ratio |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['attack']} | {r['ours_images_per_s']:.0f} | {r['torchattacks_images_per_s']:.0f} | {r['ratio']:.2f} |")
+        print(f"| {r['attack']} | {r['ours_images_per_s']:.0f} | {r['torchattacks_images_per_s']:.0f} "
+              f"| {r['ratio']:.2f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

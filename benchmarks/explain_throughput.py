@@ -174,7 +174,8 @@ def bench_model(name, model, X, n_lime_images, rows, extra):
                 w32 = attr.weights
             if label in ("ours channels_last+bf16", "ours int8"):
                 rho = spearman(attr.weights, w32)
-                extra[name][f"{label[5:]} vs fp32 spearman P={P}"] = dict(median=float(rho.median()), min=float(rho.min()))
+                extra[name][f"{label[5:]} vs fp32 spearman P={P}"] = dict(median=float(rho.median()),
+                                                                          min=float(rho.min()))
     # at lime's 1000-sample fidelity
     for design, (P, crit) in equal_fidelity_sizes().items():
         if P is None:
@@ -261,7 +262,9 @@ def main(argv=None):
         print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {ratio:.1f}x | {share} |")
     for k, v in extra.items():
         if "spearman" in json.dumps(v) or k.startswith("memory") or k.endswith("accuracy"):
-            print(k, json.dumps({kk: vv for kk, vv in v.items() if "spearman" in kk} if isinstance(v, dict) and k != "memory_1000x1000" else v))
+            shown = {kk: vv for kk, vv in v.items() if "spearman" in kk} \
+                if isinstance(v, dict) and k != "memory_1000x1000" else v
+            print(k, json.dumps(shown))
     out_dir = REPO / "runs" / "benchmarks"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "explain_throughput.json").write_text(

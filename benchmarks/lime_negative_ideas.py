@@ -30,10 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from lime_fidelity import CACHE, load_cifar, spearman, trained_small_cnn  # noqa: E402
-
 from attribshield.explainers import GridSegmenter, LimeExplainer, draw_masks, lime_kernel, weighted_ridge  # noqa: E402
 from attribshield.explainers.lime import _fill_image  # noqa: E402
+from lime_fidelity import CACHE, load_cifar, spearman, trained_small_cnn  # noqa: E402
 
 
 def kernel_masks(n, n_samples, s, gen, power=1.0, balanced=False, width=0.25):

@@ -57,7 +57,7 @@ def worker(cfg, args):
         X = torch.as_tensor(Xtr)
         y = torch.as_tensor(ytr)
         t0 = time.perf_counter()
-        for epoch in range(args.epochs):
+        for _epoch in range(args.epochs):
             perm = torch.randperm(len(X))
             for i in range(0, len(X), args.batch_size):
                 idx = perm[i:i + args.batch_size]

@@ -25,7 +25,8 @@ X, y = make_images(n=32)
 def method_kwargs(**kw):
     params = dict(attacker=FGSM(eps=0.05, random_start=True, random_state=0),
                   masker=LimeMasker(top_k=2, random_state=0), regularizer=SpuriousGradientPenalty(weight=0.1),
-                  explainer=LimeExplainer(n_samples=16, random_state=0), refine_every=1, refine_fraction=1.0, max_epochs=2, lr=0.1,
+                  explainer=LimeExplainer(n_samples=16, random_state=0), refine_every=1, refine_fraction=1.0,
+                  max_epochs=2, lr=0.1,
                   batch_size=16, verbose=0, random_state=0)
     params.update(kw)
     return params

@@ -1,11 +1,8 @@
 """Tests of the data loaders: digits (embedded), CIFAR-10 (real copy), CIFAR-100 (written here)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-
-from attribshield.testing import write_cifar100
 
 from attribshield.data import (
     CIFAR10_CLASSES,
@@ -14,6 +11,7 @@ from attribshield.data import (
     load_cifar100,
     load_digits,
 )
+from attribshield.testing import write_cifar100
 
 # ---------------------------------------------------------------------------------------------
 # digits

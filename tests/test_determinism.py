@@ -18,7 +18,8 @@ def full_method(seed):
         TinyMLP, attacker=GuidedPGD(eps=0.05, steps=2, random_start=True, random_state=seed),
         masker=LimeMasker(top_k=2, random_state=seed), regularizer=SpuriousSensitivityPenalty(weight=0.1,
                                                                                               random_state=seed),
-        explainer=LimeExplainer(n_samples=16, random_state=seed), refine_every=1, refine_fraction=1.0, max_epochs=3, lr=0.1,
+        explainer=LimeExplainer(n_samples=16, random_state=seed), refine_every=1, refine_fraction=1.0,
+        max_epochs=3, lr=0.1,
         batch_size=8, iterator_train__shuffle=True, verbose=0, random_state=seed)
 
 

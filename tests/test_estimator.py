@@ -159,7 +159,8 @@ def test_channels_last_and_bf16_run(data):
     X, y = data
     from attribshield.models import DigitsNet
 
-    clf = RobustAttributionClassifier(DigitsNet, module__width=4, module__num_classes=3, max_epochs=1, verbose=0, channels_last=True,
+    clf = RobustAttributionClassifier(DigitsNet, module__width=4, module__num_classes=3, max_epochs=1, verbose=0,
+                                      channels_last=True,
                                       autocast="bf16", attacker=FGSM(eps=0.05), random_state=0)
     clf.fit(X, y)
     proba = clf.predict_proba(X)

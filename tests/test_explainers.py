@@ -22,8 +22,8 @@ from attribshield.explainers import (
     fill_segments,
     fuse_conv_bn,
     int8_available,
-    quantize_int8,
     lime_kernel,
+    quantize_int8,
     segment_means,
     weighted_ridge,
 )

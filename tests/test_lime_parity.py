@@ -9,6 +9,7 @@ intercepts and scores.
 from __future__ import annotations
 
 import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -105,7 +106,7 @@ def trained_cifar(cifar10_root):
             torch.nn.init.kaiming_uniform_(p, a=5**0.5)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for epoch in range(4):  # about 2 s on 2 CPU cores
+    for _epoch in range(4):  # about 2 s on 2 CPU cores
         perm = torch.randperm(len(Xtr))
         for i in range(0, len(Xtr), 100):
             idx = perm[i : i + 100]
@@ -140,7 +141,8 @@ def test_parity_real_cifar_trained_model_float64(trained_cifar, segmenter):
 def test_parity_real_cifar_trained_model_float32_end_to_end(trained_cifar):
     model, X, y, _ = trained_cifar
     seg = SlicSegmenter(n_segments=25).segment(X)
-    ref = LimeReferenceExplainer(n_samples=200, random_state=7, batch_size=100).explain(model.double(), X, y, segments=seg)
+    ref = LimeReferenceExplainer(n_samples=200, random_state=7, batch_size=100).explain(model.double(), X, y,
+                                                                                        segments=seg)
     model.float()
     masks = []
     s_max = int(seg.max()) + 1

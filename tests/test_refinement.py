@@ -136,7 +136,8 @@ def test_resume_keeps_mask_cache(tmp_path):
 
 def test_mask_cache_roundtrip(tmp_path):
     cache = MaskCache(5, 4, 4)
-    cache.update(torch.tensor([1, 3]), torch.ones(2, 4, 4, dtype=torch.long), torch.tensor([[True, False], [False, True]]))
+    cache.update(torch.tensor([1, 3]), torch.ones(2, 4, 4, dtype=torch.long),
+                 torch.tensor([[True, False], [False, True]]))
     cache.save(tmp_path / "c.pt")
     back = MaskCache.load(tmp_path / "c.pt")
     torch.testing.assert_close(back.selected, cache.selected)
@@ -160,7 +161,7 @@ def test_max_age_keeps_only_recent_masks():
 
 def test_mask_cache_expire():
     cache = MaskCache(4, 2, 2)
-    for r, idx in enumerate([[0, 1], [2], [3]]):
+    for _r, idx in enumerate([[0, 1], [2], [3]]):
         cache.update(torch.tensor(idx), torch.zeros(len(idx), 2, 2, dtype=torch.long),
                      torch.ones(len(idx), 1, dtype=torch.bool))
         cache.rounds += 1

@@ -95,4 +95,5 @@ def test_sparse_input_is_rejected():
     from scipy import sparse
 
     with pytest.raises(ValueError, match="Sparse data"):
-        RobustAttributionClassifier(TinyMLP, input_shape=(1, 8, 8), verbose=0).fit(sparse.csr_matrix(X.reshape(12, -1)), y)
+        clf = RobustAttributionClassifier(TinyMLP, input_shape=(1, 8, 8), verbose=0)
+        clf.fit(sparse.csr_matrix(X.reshape(12, -1)), y)

@@ -21,6 +21,7 @@ import torch
 
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module, make_generator
+from ._quantize import quantize_int8
 from ._quantize import quantized_engine as _int8_engine
 from ._sampling import SAMPLINGS, draw_masks
 from .segmentation import MIN_SEGMENTS, default_segmenter
@@ -653,8 +654,6 @@ class LimeExplainer(Component):
         """The cached int8 copy of ``module``, rebuilt when its weights or buffers changed."""
         import weakref
 
-        from ._quantize import quantize_int8
-
         key = tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
         cache = self.__dict__.get("_int8_cache")
         if cache is not None and cache[0]() is module and cache[1] == key:
@@ -790,7 +789,8 @@ class LimeExplainer(Component):
                 if self.control_variate:
                     logits = self._sample_outputs(sample_module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b], True)
                     sw = lime_kernel(keep, valid[a:b], float(self.kernel_width))
-                    y = torch.softmax(logits.double(), 2).gather(2, target[a:b, None, None].expand(-1, keep.shape[1], 1))[..., 0]
+                    index = target[a:b, None, None].expand(-1, keep.shape[1], 1)
+                    y = torch.softmax(logits.double(), 2).gather(2, index)[..., 0]
                     coef, icpt = self._logit_control_variate(keep, logits, sw, valid[a:b], target[a:b], generator)
                     score = _r2(keep, y, sw, valid[a:b], coef, icpt)
                 else:

@@ -62,7 +62,8 @@ class LimeReferenceExplainer(Component):
     are kept.
     """
 
-    def __init__(self, n_samples=1000, segmenter=None, hide_color=None, kernel_width=0.25, batch_size=10, random_state=None):
+    def __init__(self, n_samples=1000, segmenter=None, hide_color=None, kernel_width=0.25, batch_size=10,
+                 random_state=None):
         self.n_samples = n_samples
         self.segmenter = segmenter
         self.hide_color = hide_color
