@@ -21,9 +21,9 @@ import numbers
 import numpy as np
 import torch
 
+from ._utils import prepare
 from .attacks._threat import check_norm, project, random_start, step
 from .base import eval_mode, make_generator
-from ._utils import prepare
 
 __all__ = ["margin", "attribution_lower_bound", "minimal_adversarial_distortion", "bound_violation_rate"]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["Normalize", "SmallCNN", "PreActResNet18", "DigitsNet", "CIFAR10_MEAN", "CIFAR10_STD"]
 

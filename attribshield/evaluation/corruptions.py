@@ -6,14 +6,13 @@ import numbers
 from collections.abc import Mapping
 
 import numpy as np
-
-from .._validation import check_labels
-from ..base import get_module
-from .robust import clean_accuracy
 from tqdm.auto import tqdm
 
 from .._utils import check_batch_size
+from .._validation import check_labels
+from ..base import get_module
 from ..data.cifar10c import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
+from .robust import clean_accuracy
 
 __all__ = ["corruption_accuracy"]
 

@@ -15,11 +15,11 @@ import numbers
 import numpy as np
 import torch
 
+from .._utils import batches, check_batch_size, predict, prepare, to_numpy
 from .._validation import check_images
 from ..base import eval_mode
 from ..explainers.lime import LimeExplainer, fill_segments, segment_means
 from ..explainers.segmentation import default_segmenter, relabel_consecutive
-from .._utils import batches, check_batch_size, predict, prepare, to_numpy
 
 __all__ = ["occlusion_accuracy", "occlude_segments", "OCCLUSION_MODES"]
 

@@ -18,8 +18,8 @@ from .._utils import channels_last_copy, check_flag
 from .._validation import check_images, check_labels, check_positive
 from ..attacks import PGD
 from ..base import get_module
-from ..explainers import LimeExplainer
 from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
+from ..explainers import LimeExplainer
 from ..explainers.segmentation import default_segmenter
 from .corruptions import corruption_accuracy
 from .occlusion import _check_ks, occlusion_accuracy

@@ -18,10 +18,6 @@ import time
 import torch
 from torch import nn
 
-from .._validation import check_positive
-from ..attacks import PGD, project
-from ..attacks._threat import check_norm
-from ..base import eval_mode
 from .._utils import (
     batches,
     channels_last_copy,
@@ -33,6 +29,10 @@ from .._utils import (
     quiet,
     to_numpy,
 )
+from .._validation import check_positive
+from ..attacks import PGD, project
+from ..attacks._threat import check_norm
+from ..base import eval_mode
 
 __all__ = [
     "clean_accuracy",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .robust import robust_accuracy
 from .._utils import check_batch_size
+from .robust import robust_accuracy
 
 __all__ = ["make_robust_scorer"]
 

@@ -8,8 +8,8 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.base import clone
 
-from ..base import eval_mode
 from .._utils import batches, check_batch_size, prepare, to_numpy
+from ..base import eval_mode
 
 __all__ = ["attribution_stability", "topk_intersection", "segment_spearman"]
 
