@@ -15,7 +15,7 @@ export MALLOC_MMAP_THRESHOLD_ = 1073741824
 export MALLOC_TRIM_THRESHOLD_ = 17179869184
 export MALLOC_TOP_PAD_ = 268435456
 
-.PHONY: demo test test-slow test-all bench venv docs lint clean
+.PHONY: gpu-check demo test test-slow test-all bench venv docs lint clean
 
 venv: $(STAMP)
 
@@ -55,3 +55,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build docs/api
+
+# On a machine with a CUDA GPU: CUDA tests, device throughput, two short CIFAR-10 runs -> one JSON
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check.json

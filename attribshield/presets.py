@@ -32,7 +32,7 @@ from .estimator import RobustAttributionClassifier
 from .explainers import AmortizedLimeExplainer, GradientExplainer, LimeExplainer
 from .maskers import CRITERIA, LimeMasker, RandomMasker
 from .models import DigitsNet, PreActResNet18, SmallCNN
-from .regularizers import SpuriousGradientPenalty
+from .regularizers import SpuriousGradientPenalty, SpuriousSensitivityPenalty
 
 METHODS = ("clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop",
            "full_amortized", "full_gradient", "random_mask")
@@ -83,7 +83,7 @@ class TrainConfig:
     refine_every: int = _opt(1, "re-explain every this many epochs (exact-LIME methods)")
     refine_fraction: float = _opt(0.05, "share of the training set re-explained per round (exact-LIME methods)")
     mask_fraction: float = _opt(0.5, "full-dose methods: share of each batch that trains with a fresh mask")
-    penalty_fraction: float = _opt(0.125, "full-dose methods: share of each batch that also gets the penalty")
+    penalty_fraction: float = _opt(0.0625, "full-dose methods: share of each batch that also gets the penalty")
     explainer_update_fraction: float = _opt(0.125, "full_amortized: share of each batch used to train the "
                                             "explainer online")
     explainer_coalitions: int = _opt(8, "full_amortized: LIME coalitions per image and explainer step")
@@ -208,7 +208,10 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
         masker = (RandomMasker(top_k=cfg.top_k, random_state=s) if cfg.method == "random_mask"
                   else LimeMasker(criterion=cfg.criterion, top_k=cfg.top_k, random_state=s))
         params.update(
-            masker=masker, explainer=explainer, regularizer=SpuriousGradientPenalty(weight=cfg.reg_weight),
+            # the finite-difference penalty: double backprop through convolutions is the costliest
+            # term on CPUs (docs/performance.md, "Full-dose cost")
+            masker=masker, explainer=explainer,
+            regularizer=SpuriousSensitivityPenalty(weight=cfg.reg_weight, random_state=s),
             mask_weight=cfg.mask_weight, refine_mode="online", mask_fraction=cfg.mask_fraction,
             penalty_fraction=cfg.penalty_fraction, explainer_update_fraction=cfg.explainer_update_fraction,
             audit_size=0 if cfg.method == "random_mask" else cfg.audit_size, audit_samples=cfg.audit_samples,

@@ -271,6 +271,7 @@ class ExplanationAudit(Callback):
         valid = ref.valid.cpu().numpy()
         rho = segment_spearman(att.weights.detach().cpu().numpy(), ref.weights.cpu().numpy(), valid)
         top = topk_intersection(att.weights.detach().cpu().numpy(), ref.weights.cpu().numpy(), 3, valid)
-        net.history.record("audit_spearman", float(np.nanmedian(rho)))
+        finite = rho[np.isfinite(rho)]  # constant weights (e.g. an untrained explainer) have no rank
+        net.history.record("audit_spearman", float(np.median(finite)) if finite.size else float("nan"))
         net.history.record("audit_top3", float(np.mean(top)))
         net.history.record("audit_dur", time.perf_counter() - t0)

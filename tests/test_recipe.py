@@ -112,3 +112,25 @@ def test_cached_masks_follow_the_augmentation():
         assert torch.equal(moved[inside], src_seg[inside])
         assert not bool(selected[n, moved[~inside]].any())  # padding is never masked
         assert set(torch.unique(moved[selected[n, moved]]).tolist()) <= set(chosen.tolist())
+
+
+def test_gpu_check_refuses_to_run_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the check would run for minutes")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    res = subprocess.run([sys.executable, str(script), "--skip-tests"], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "no CUDA device" in res.stderr
+
+
+def test_bf16_warning_on_a_cpu_without_native_bf16(monkeypatch, tmp_path, capsys):
+    from attribshield import cli
+
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: False)
+    code = cli.main(["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--method", "clean", "--bf16",
+                     "--train-subset", "64", "--no-progress"])
+    assert code == 0
+    assert "no native bfloat16" in capsys.readouterr().err
