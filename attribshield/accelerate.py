@@ -157,5 +157,5 @@ class AcceleratedRobustAttributionClassifier(AccelerateMixin, RobustAttributionC
         """Backward pass through the accelerator (loss scaling, accumulation, DeepSpeed)."""
         self.accelerator.backward(loss)
 
-    def _perturb(self, module, X, y, sel):
-        return super()._perturb(self.accelerator.unwrap_model(module), X, y, sel)
+    def _perturb(self, module, X, y, sel, want_grad=False):
+        return super()._perturb(self.accelerator.unwrap_model(module), X, y, sel, want_grad=want_grad)

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from attribshield.data._frost import frost_textures
+
 __all__ = ["CORRUPTIONS", "EXTRA_CORRUPTIONS", "ALL_CORRUPTIONS", "SEVERITIES", "PARAMETERS", "corrupt"]
 
 #: The 15 benchmark corruptions, in the canonical order (noise, blur, weather, digital).
@@ -291,7 +293,6 @@ def _snow(x, c, rng):
 
 
 def _frost(x, c, rng, textures=None):
-    from attribshield.data._frost import frost_textures
 
     textures = frost_textures() if textures is None else textures
     n, h, w = x.shape[:3]

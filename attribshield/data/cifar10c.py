@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attribshield._validation import check_images
+from attribshield._validation import check_images, check_labels
 from attribshield.data._corruption_kernels import (
     ALL_CORRUPTIONS,
     CORRUPTIONS,
@@ -33,6 +33,8 @@ from attribshield.data._corruption_kernels import (
     _check_severity,
     corrupt,
 )
+from attribshield.data._frost import frost_source
+from attribshield.data.cifar import load_cifar10
 
 __all__ = [
     "CORRUPTIONS",
@@ -220,7 +222,6 @@ def load_cifar10c(root, corruptions=None, severities=SEVERITIES, *, n_images=Non
 
 def _source_arrays(source, verify):
     if isinstance(source, (str, os.PathLike)):
-        from attribshield.data.cifar import load_cifar10
 
         return load_cifar10(source, train=False, verify=verify, dtype="uint8")
     if isinstance(source, (tuple, list)) and len(source) == 2:
@@ -228,7 +229,6 @@ def _source_arrays(source, verify):
         t = check_images(X, name="X")
         if t.shape[1] != 3:
             raise ValueError(f"X must have 3 colour channels (N, 3, H, W), got shape {tuple(t.shape)}")
-        from attribshield._validation import check_labels
 
         y = check_labels(y, len(t)).numpy()
         x = np.round(t.cpu().numpy() * 255).astype(np.uint8)
@@ -294,7 +294,6 @@ def build_cifar10c(source, out_dir, corruptions=None, severities=SEVERITIES, *, 
     """
     from tqdm.auto import tqdm
 
-    from attribshield.data._frost import frost_source
 
     names = _check_corruptions(corruptions)
     sevs = sorted(set(_check_severities(severities)))

@@ -399,33 +399,36 @@ class AmortizedLimeExplainer(Component):
                 return module(X)
         return module(X)
 
-    def _clean_pass(self, module, X, target, need_grad: bool):
-        """Probabilities ``(N, K)`` of the clean images, the target ``(N,)`` and, with
-        ``need_grad``, the input gradient of ``p_target`` ``(N, C, H, W)`` (else ``None``).
+    def _clean_pass(self, module, X, target):
+        """Probabilities ``(N, K)`` (float32) of the clean images and the target ``(N,)``.
 
         ``target`` is ``None`` (predicted class) or an already validated ``(N,)`` tensor.
         """
         n, c, h, w = X.shape
         try:
-            if need_grad:
-                with torch.enable_grad():
-                    Xg = X.detach().requires_grad_(True)
-                    logits = self._logits(module, Xg)
-                    _check_logits(logits)
-                    probs = torch.softmax(logits.float(), 1)
-                    t = probs.argmax(1) if target is None else target
-                    grad = torch.autograd.grad(probs.gather(1, t[:, None]).sum(), Xg)[0]
-                return probs.detach(), t, grad.detach()
             with torch.no_grad():
                 logits = self._logits(module, X)
-            _check_logits(logits)
         except (RuntimeError, TypeError, IndexError) as exc:
             raise ValueError(
                 f"the module rejected images of shape (N, {c}, {h}, {w}) (wrong channel count or size?): {exc}"
             ) from exc
+        if logits.ndim != 2:
+            raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
         probs = torch.softmax(logits.float(), 1)
-        t = probs.argmax(1) if target is None else target
-        return probs, t, None
+        return probs, (probs.argmax(1) if target is None else target)
+
+    def _blend_gradient(self, module, X, fimg, target) -> torch.Tensor:
+        """Input gradient of ``p_target`` at the half-filled image ``(x + fill) / 2``.
+
+        LIME's kernel-weighted masks hide about half of the segments (6 to 11 of 16 kept
+        carry most of the weight), so the linearisation at the half-way blend predicts LIME's
+        weights much better than the one at ``x`` (median Spearman 0.76 against 0.49 on the
+        benchmark's CIFAR-10 SmallCNN).
+        """
+        with torch.enable_grad():
+            Xb = ((X + fimg) / 2).detach().requires_grad_(True)
+            probs = torch.softmax(self._logits(module, Xb).float(), 1)
+            return torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
 
     def _masked_probs(self, module, X, fimg, seg, keep) -> torch.Tensor:
         """Class probabilities of the filled images: ``(N, P, K)`` float32 (no_grad, batched)."""
@@ -479,12 +482,13 @@ class AmortizedLimeExplainer(Component):
         return weights, intercept
 
     def _prepare(self, module, X, target, segments=None):
-        """Clean pass, segments, valid columns and fill of a batch (everything but ``phi``)."""
-        probs, target, grad = self._clean_pass(module, X, target, bool(self.use_gradient))
+        """Clean pass, segments, valid columns, fill and (``use_gradient``) the gradient."""
+        probs, target = self._clean_pass(module, X, target)
         seg = self._segments(X, segments)
         s_n = seg.reshape(seg.shape[0], -1).amax(1) + 1
         valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
         fimg = segment_means(X, seg)
+        grad = self._blend_gradient(module, X, fimg, target) if self.use_gradient else None
         return probs, target, grad, seg, valid, fimg
 
     def _inputs(self, model, X, target):
@@ -566,7 +570,7 @@ class AmortizedLimeExplainer(Component):
         generator = self._generator(X.device)
         if not self.__sklearn_is_fitted__():
             with eval_mode(module), torch.no_grad():
-                probs, _, _ = self._clean_pass(module, X[:1], None, False)
+                probs, _ = self._clean_pass(module, X[:1], None)
             self._initialize(X.shape[1], probs.shape[1], X.device, generator)
         self._check_compatible(X.shape[1], self.n_classes_)
         self._check_target_range(target, self.n_classes_)
@@ -607,7 +611,7 @@ class AmortizedLimeExplainer(Component):
         device = _module_device(module, X)
         dtype = _module_dtype(module, X)
         with eval_mode(module), torch.no_grad():
-            probs, _, _ = self._clean_pass(module, X[:1].to(device=device, dtype=dtype), None, False)
+            probs, _ = self._clean_pass(module, X[:1].to(device=device, dtype=dtype), None)
         self._check_target_range(target, probs.shape[1])
         self._reset()
         self.__dict__.pop("_generators", None)  # fit starts again from random_state
@@ -691,14 +695,11 @@ class AmortizedLimeExplainer(Component):
             for a in range(0, n, _EXPLAIN_CHUNK):
                 b = min(a + _EXPLAIN_CHUNK, n)
                 tb = None if target is None else target[a:b]
-                probs, tb, grad = self._clean_pass(module, X[a:b], tb, bool(self.use_gradient))
+                sb = None if seg_all is None else seg_all[a:b]
+                probs, tb, grad, seg, valid, fimg = self._prepare(module, X[a:b], tb, sb)
                 if probs.shape[1] != self.n_classes_:
                     self._check_compatible(X.shape[1], probs.shape[1])
-                seg = seg_all[a:b] if seg_all is not None else self._segments(X[a:b], None)
-                fimg = segment_means(X[a:b], seg)
                 with torch.no_grad():
-                    s_n = seg.reshape(b - a, -1).amax(1) + 1
-                    valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
                     w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
                 parts.append((seg, w, valid, icpt, tb))
         s_max = max(p[1].shape[1] for p in parts)
@@ -760,11 +761,6 @@ class AmortizedLimeExplainer(Component):
         pred = attr.intercept.double()[:, None] + (keep.double() * w[:, None]).sum(2)
         P = keep.shape[1]
         return (sw * (f.double() - pred) ** 2).sum(1) / P + float(self.alpha) / float(self.n_samples) * (w**2).sum(1)
-
-
-def _check_logits(logits) -> None:
-    if logits.ndim != 2:
-        raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
 
 
 def _check_samples(samples, n: int, s_max: int, device) -> torch.Tensor:
