@@ -123,6 +123,7 @@ def test_no_function_local_imports_of_the_package():
     assert not offenders, "function-local imports of attribshield modules:\n" + "\n".join(offenders)
 
 
+@pytest.mark.slow  # one fresh interpreter per module: ~4 s each (torch's import); the AST test above is fast
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if m != "attribshield.__main__"))
 def test_module_imports_on_its_own(name):
     res = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True,
