@@ -168,6 +168,19 @@ class _SegmentMasker(Component):
         return module, X.to(device), y.to(device)
 
     # ----------------------------------------------------------------- selection
+    @staticmethod
+    def _check_scores(scores, valid):
+        """``(scores, valid)`` as tensors of the same ``(N, S)`` shape; ``valid=None``: all True."""
+        scores = torch.as_tensor(scores)
+        if scores.ndim != 2:
+            raise ValueError(f"scores must have shape (N, S), got {tuple(scores.shape)}")
+        if valid is None:
+            valid = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
+        valid = torch.as_tensor(valid, device=scores.device)
+        if valid.shape != scores.shape:
+            raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
+        return scores, valid.bool()
+
     def select(self, scores, valid=None) -> torch.Tensor:
         """Choose the spurious segments of each image.
 
@@ -193,15 +206,7 @@ class _SegmentMasker(Component):
             selection is clipped to all of them).
         """
         self._validate_params()
-        scores = torch.as_tensor(scores)
-        if scores.ndim != 2:
-            raise ValueError(f"scores must have shape (N, S), got {tuple(scores.shape)}")
-        if valid is None:
-            valid = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-        valid = torch.as_tensor(valid, device=scores.device)
-        if valid.shape != scores.shape:
-            raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
-        valid = valid.bool()
+        scores, valid = self._check_scores(scores, valid)
         scores = scores.float() if not scores.is_floating_point() else scores
         threshold = self._selection_threshold()
         if threshold is not None:

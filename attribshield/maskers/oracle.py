@@ -501,15 +501,8 @@ class OracleMasker(_SegmentMasker):
         torch.Tensor of shape (N, S), bool
         """
         self._validate_params()
-        scores = torch.as_tensor(scores)
-        if scores.ndim != 2:
-            raise ValueError(f"scores must have shape (N, S), got {tuple(scores.shape)}")
-        if valid is None:
-            valid = torch.ones(scores.shape, dtype=torch.bool, device=scores.device)
-        valid = torch.as_tensor(valid, device=scores.device)
-        if valid.shape != scores.shape:
-            raise ValueError(f"valid must have the shape of scores {tuple(scores.shape)}, got {tuple(valid.shape)}")
-        return (torch.nan_to_num(scores.float(), nan=0.0) > 0) & valid.bool()
+        scores, valid = self._check_scores(scores, valid)
+        return (torch.nan_to_num(scores.float(), nan=0.0) > 0) & valid
 
     def find_spurious(self, model, X, y, explainer=None, attacker=None) -> SpuriousSelection:
         """Detect the patch in ``X`` and select its segments (no explanation, no attack).
