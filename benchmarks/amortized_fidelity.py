@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -45,8 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from attribshield.data import load_cifar10  # noqa: E402
 from attribshield.evaluation import segment_spearman, topk_intersection  # noqa: E402
-from attribshield.explainers import (AmortizedLimeExplainer, GridSegmenter, LimeExplainer,  # noqa: E402
-                                     LimeReferenceExplainer)
+from attribshield.explainers import AmortizedLimeExplainer, GridSegmenter, LimeExplainer, LimeReferenceExplainer  # noqa: E402
 from attribshield.models import SmallCNN  # noqa: E402
 
 OUT = REPO / "runs" / "benchmarks"

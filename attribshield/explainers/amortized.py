@@ -34,8 +34,17 @@ from .._params import Integral, Options, Real, validate_params
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module
 from ._sampling import draw_masks
-from .lime import (Attribution, LimeExplainer, _is_int, _module_device, _module_dtype, _r2, fill_segments, lime_kernel,
-                   segment_means)
+from .lime import (
+    Attribution,
+    LimeExplainer,
+    _is_int,
+    _module_device,
+    _module_dtype,
+    _r2,
+    fill_segments,
+    lime_kernel,
+    segment_means,
+)
 from .segmentation import default_segmenter
 
 __all__ = ["AmortizedLimeExplainer"]
@@ -749,7 +758,8 @@ class AmortizedLimeExplainer(Component):
         n, s = attr.weights.shape
         device = attr.weights.device
         if samples is None:
-            keep = draw_masks(n, int(self.n_samples), s, method="lime", generator=self._generator(device), device=device)
+            keep = draw_masks(n, int(self.n_samples), s, method="lime", generator=self._generator(device),
+                              device=device)
         else:
             keep = _check_samples(samples, n, s, device)
         keep = keep | ~attr.valid[:, None]
