@@ -7,6 +7,8 @@ A checkpoint is a folder ``dirname/epoch_NNNN/`` holding
 - ``history.json``: skorch's history (JSON);
 - ``mask_cache.pt``: the refinement loop's :class:`~attribshield.refinement.MaskCache`
   (tensors only), when the net has one;
+- ``explainer.pt``: the state of a trainable explainer (``trainable`` capability, e.g. the
+  online :class:`~attribshield.explainers.AmortizedLimeExplainer`): its ``state_dict()``;
 - ``meta.json``: epoch, classes and input size (JSON).
 
 Every ``.pt`` file is read with ``torch.load(weights_only=True)`` whatever the net's
@@ -19,7 +21,12 @@ A checkpoint is first written to a hidden temporary folder and then renamed into
 either the previous or the new checkpoint, never a half-written one.
 
 Use :class:`SafeCheckpoint` as a skorch callback (with skorch's ``LoadInitState`` to resume),
-or call :func:`save_checkpoint` / :func:`load_checkpoint` directly.
+or call :func:`save_checkpoint` / :func:`load_checkpoint` directly; :mod:`attribshield.runs`
+builds ``attribshield train``'s run folders on them.
+
+A flat folder as skorch's own ``Checkpoint`` writes it (``params.pt``, ``optimizer.pt``,
+``history.json`` and, beside them, ``mask_cache.pt``) is read as one checkpoint, with the
+same ``weights_only`` loading, so runs saved that way can still be resumed and evaluated.
 """
 from __future__ import annotations
 
@@ -29,9 +36,12 @@ import re
 import shutil
 
 import numpy as np
+import torch
+from safetensors.torch import save_file
 from skorch.callbacks import Checkpoint
 from skorch.utils import noop
 
+from .base import capability
 from .refinement import MaskCache
 
 __all__ = ["SafeCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
@@ -63,7 +73,9 @@ def latest_checkpoint(dirname) -> str | None:
     """Folder of the newest complete checkpoint under ``dirname``, or ``None``.
 
     Follows ``dirname/latest``; when that file is missing or stale, falls back to the
-    ``epoch_NNNN`` folder with the highest epoch that has a ``meta.json``.
+    ``epoch_NNNN`` folder with the highest epoch that has a ``meta.json``, and then to
+    ``dirname`` itself when it is a flat skorch ``Checkpoint`` folder (``params.pt`` and
+    ``history.json``).
     """
     dirname = os.fspath(dirname)
     if not os.path.isdir(dirname):
@@ -76,7 +88,15 @@ def latest_checkpoint(dirname) -> str | None:
             return os.path.join(dirname, name)
     found = sorted((int(m.group(1)), n) for n in os.listdir(dirname) if (m := _EPOCH_DIR.match(n))
                    and os.path.isfile(os.path.join(dirname, n, "meta.json")))
-    return os.path.join(dirname, found[-1][1]) if found else None
+    if found:
+        return os.path.join(dirname, found[-1][1])
+    return dirname if _is_flat(dirname) else None
+
+
+def _is_flat(path) -> bool:
+    """A folder written by skorch's ``Checkpoint`` with ``f_params="params.pt"``."""
+    return (not os.path.isfile(os.path.join(path, "meta.json")) and os.path.isfile(os.path.join(path, "params.pt"))
+            and os.path.isfile(os.path.join(path, "history.json")))
 
 
 def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
@@ -128,8 +148,13 @@ def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
         files["f_criterion"] = os.path.join(tmp, "criterion.pt")
     # every process calls save_params (accelerate synchronises there); the main one writes
     if use_safetensors:
-        net.save_params(f_params=f_params, use_safetensors=True)
+        # skorch hands the state_dict to safetensors as it is, and safetensors refuses the
+        # non-contiguous weights of a channels_last module: write contiguous copies here
         net.save_params(**files)
+        if main:
+            acc = getattr(net, "accelerator", None)
+            module = acc.unwrap_model(net.module_) if acc is not None else net.module_
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, f_params)
     else:
         net.save_params(f_params=f_params, **files)
     if not main:
@@ -137,6 +162,9 @@ def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
     cache = getattr(net, "mask_cache_", None)
     if isinstance(cache, MaskCache):
         cache.save(os.path.join(tmp, "mask_cache.pt"))
+    explainer_state = _explainer_state(net)
+    if explainer_state is not None:
+        torch.save(explainer_state, os.path.join(tmp, "explainer.pt"))
     classes = getattr(net, "classes_", None) if epoch else None
     meta = {
         "format": FORMAT_VERSION,
@@ -161,7 +189,31 @@ def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
     return final
 
 
+def _trainable_explainer(net):
+    explainer = getattr(net, "explainer_", None)
+    if explainer is None or not capability(explainer, "trainable"):
+        return None
+    return explainer if callable(getattr(explainer, "state_dict", None)) else None
+
+
+def _explainer_state(net):
+    explainer = _trainable_explainer(net)
+    return None if explainer is None else explainer.state_dict()
+
+
+def _restore_extras(net, path) -> None:
+    """The mask cache and the trainable explainer's state saved beside the parameters."""
+    cache_path = os.path.join(path, "mask_cache.pt")
+    net.mask_cache_ = MaskCache.load(cache_path) if os.path.isfile(cache_path) else None
+    explainer = _trainable_explainer(net)
+    state_path = os.path.join(path, "explainer.pt")
+    if explainer is not None and os.path.isfile(state_path):
+        explainer.load_state_dict(torch.load(state_path, map_location="cpu", **_SAFE_LOAD))
+
+
 def _read_meta(path) -> dict:
+    if _is_flat(path):  # skorch's layout: no meta.json, the rest is recovered from the net
+        return {"format": FORMAT_VERSION, "epoch": None, "params": "params.pt", "classes": None}
     with open(os.path.join(path, "meta.json")) as f:
         meta = json.load(f)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
@@ -215,15 +267,16 @@ def load_checkpoint(net, dirname):
     net.torch_load_kwargs = dict(_SAFE_LOAD)  # whatever the net says: never unpickle code
     try:
         use_st = meta["params"] == "params.safetensors"
-        files = {"f_optimizer": os.path.join(path, "optimizer.pt")}
+        files = {}
+        if os.path.isfile(os.path.join(path, "optimizer.pt")):
+            files["f_optimizer"] = os.path.join(path, "optimizer.pt")
         if os.path.isfile(os.path.join(path, "criterion.pt")):
             files["f_criterion"] = os.path.join(path, "criterion.pt")
         net.load_params(f_params=os.path.join(path, meta["params"]), use_safetensors=use_st)
         net.load_params(f_history=os.path.join(path, "history.json"), **files)
     finally:
         net.torch_load_kwargs = previous
-    cache_path = os.path.join(path, "mask_cache.pt")
-    net.mask_cache_ = MaskCache.load(cache_path) if os.path.isfile(cache_path) else None
+    _restore_extras(net, path)
     if meta.get("classes") is not None and getattr(net, "classes", None) is None:
         net.classes_inferred_ = np.asarray(meta["classes"])
     if meta.get("n_features_in") is not None:
@@ -247,7 +300,8 @@ class SafeCheckpoint(Checkpoint):
 
     Resume with skorch's ``LoadInitState(checkpoint)``: it restores parameters, optimizer and
     history through ``net.load_params``, always with ``weights_only=True`` loading; this
-    callback then restores the mask cache at the first epoch of the resumed run.
+    callback then restores the mask cache and a trainable explainer's state at the first epoch
+    of the resumed run.
 
     Parameters
     ----------
@@ -294,20 +348,20 @@ class SafeCheckpoint(Checkpoint):
         self.pending_cache_ = True
 
     def on_epoch_begin(self, net, **kwargs):
-        # LoadInitState has run by now (whatever the callback order): restore the cache that
-        # belongs to the loaded parameters if the net has none.
+        # LoadInitState has run by now (whatever the callback order): restore the mask cache
+        # and the explainer state that belong to the loaded parameters, unless the net has
+        # its own already (load_checkpoint restored them, or training continues in-process).
         if not self.pending_cache_:
             return
         self.pending_cache_ = False
-        if getattr(net, "mask_cache_", None) is not None:
+        if getattr(net, "mask_cache_", None) is not None or len(net.history) <= 1:
             return
         path = latest_checkpoint(self.dirname)
         if path is None:
             return
         meta = _read_meta(path)
-        cache_path = os.path.join(path, "mask_cache.pt")
-        if meta["epoch"] == len(net.history) - 1 and os.path.isfile(cache_path):
-            net.mask_cache_ = MaskCache.load(cache_path)
+        if meta["epoch"] == len(net.history) - 1:
+            _restore_extras(net, path)
 
     def on_epoch_end(self, net, **kwargs):
         if len(net.history) % self.every == 0:

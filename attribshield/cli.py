@@ -16,15 +16,14 @@ from dataclasses import fields
 import numpy as np
 import torch
 from PIL import Image
-from skorch.callbacks import Checkpoint, ProgressBar
+from skorch.callbacks import ProgressBar
 
 from ._runtime import cpu_has_native_bf16, tune_allocator
 from .demo import run_demo
 from .evaluation import evaluate_model
 from .explainers import LimeExplainer
-from .presets import TrainConfig, build_estimator, load_dataset
-
-CKPT = dict(f_params="params.pt", f_optimizer="optimizer.pt", f_criterion=None, f_history="history.json")
+from .presets import TrainConfig, load_dataset
+from .runs import load_run, train_run
 
 
 def _config_from_args(args):
@@ -32,22 +31,6 @@ def _config_from_args(args):
     overrides = {k: v for k, v in vars(args).items()
                  if k in TrainConfig.__dataclass_fields__ and v is not None}
     return TrainConfig.from_dict({**cfg.to_dict(), **overrides})
-
-
-def _load_run(model_dir):
-    """Rebuild a trained estimator from a ``train`` output folder."""
-    path = os.path.join(model_dir, "config.json")
-    if not os.path.exists(path):
-        raise SystemExit(f"error: {model_dir} holds no config.json: is it an 'attribshield train' output folder?")
-    with open(path) as f:
-        saved = json.load(f)
-    cfg = TrainConfig.from_dict(saved["config"])
-    clf = build_estimator(cfg, n_classes=saved["n_classes"], verbose=0)
-    clf.initialize()
-    # weights_only loading: a checkpoint from elsewhere cannot run code when loaded
-    clf.load_params(f_params=os.path.join(model_dir, "params.pt"))
-    clf.classes_inferred_ = list(range(saved["n_classes"]))
-    return clf, cfg, saved["n_classes"]
 
 
 def _cmd_demo(args):
@@ -60,34 +43,18 @@ def _cmd_train(args):
     if cfg.bf16 and cfg.device == "cpu" and cpu_has_native_bf16() is False:
         print("warning: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16): bf16 autocast is "
               "emulated and much slower than fp32 here; drop --bf16", file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
     X, y, n_classes = load_dataset(cfg, train=True)
-    with open(os.path.join(args.out, "config.json"), "w") as f:
-        json.dump({"config": cfg.to_dict(), "n_classes": n_classes}, f, indent=2)
-    cp = Checkpoint(dirname=args.out, monitor=None, **CKPT)
-    callbacks = [cp]
+    callbacks = []
     if args.progress or (args.progress is None and sys.stdout.isatty()):
         callbacks.append(ProgressBar())
-    clf = build_estimator(cfg, n_classes=n_classes, callbacks=callbacks,
-                          callbacks__refinement__dirname=args.out, verbose=1)
-    clf.initialize()
-    done = 0
-    if os.path.exists(os.path.join(args.out, CKPT["f_params"])) and not args.restart:
-        clf.load_params(checkpoint=cp)
-        done = len(clf.history)
-        print(f"resuming {args.out} after epoch {done}")
-    remaining = cfg.epochs - done
-    if remaining <= 0:
-        print(f"{args.out}: all {cfg.epochs} epochs are done")
-        return 0
-    clf.set_params(max_epochs=remaining)
-    clf.partial_fit(X, y)
-    print(f"trained {cfg.method} for {len(clf.history)} epochs: {args.out}")
+    clf = train_run(args.out, cfg, X, y, n_classes, restart=args.restart, callbacks=callbacks, verbose=1,
+                    log=lambda msg: print(f"{args.out}: {msg}", flush=True))
+    print(f"{cfg.method}: {len(clf.history)} epochs in {args.out}")
     return 0
 
 
 def _cmd_evaluate(args):
-    clf, cfg, n_classes = _load_run(args.model)
+    clf, cfg, n_classes = load_run(args.model)
     if args.dataset:
         cfg.dataset = args.dataset
     if args.data_root:
@@ -116,7 +83,7 @@ def _cmd_evaluate(args):
 
 
 def _cmd_explain(args):
-    clf, cfg, _ = _load_run(args.model)
+    clf, cfg, _ = load_run(args.model)
     in_ch = getattr(clf.module_, "in_channels", 3)
     size = 8 if cfg.dataset == "digits" else 32
     images = []
@@ -164,9 +131,9 @@ def build_parser():
 
     p = sub.add_parser("train", help="train one method; resumable (checkpoints after every epoch)")
     p.add_argument("--config", help="TOML file with a [train] table (keys: see attribshield.presets.TrainConfig)")
-    p.add_argument("--out", required=True, help="run folder: config.json, params.pt, history.json, mask_cache.pt")
+    p.add_argument("--out", required=True, help="run folder: config.json and a checkpoint per epoch (epoch_NNNN/)")
     _add_config_flags(p)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
+    p.add_argument("--restart", action="store_true", help="delete the checkpoints in --out and start over")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="per-batch progress bar (default: when stdout is a terminal)")
     p.set_defaults(func=_cmd_train)

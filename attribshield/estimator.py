@@ -87,6 +87,15 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         image is covered after ``1 / refine_fraction`` rounds).  Explanations dominate the
         method's cost; the default keeps an epoch of the full method within the cost of
         PGD-7 adversarial training on CIFAR-10 (``benchmarks/refinement_cost.py``).
+    refine_max_rounds : int >= 1 or None, default=None
+        ``"rounds"``: stop refining after this many rounds; ``1`` computes the masks once and
+        keeps them (the "no closed loop" ablation).  ``None``: no limit.
+    refine_max_age : int >= 1 or None, default=1
+        ``"rounds"``: after each round, forget selections made more than this many rounds ago,
+        so the training step only uses masks from recent models.  This also bounds the cost:
+        the masked loss and the penalty run on the masked share of each batch, which with
+        ``1`` stays at ``refine_fraction`` instead of growing every round (``None`` keeps every
+        mask: coverage, and cost, grow to 100 %).
     mask_fraction : float in (0, 1], default=1.0
         ``"online"``: share of each batch's rows that get a fresh mask and the masked-input
         loss.
@@ -159,7 +168,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
     def __init__(self, module, *, criterion=torch.nn.CrossEntropyLoss, optimizer=torch.optim.SGD,
                  train_split=None, attacker=None, masker=None, regularizer=None, explainer=None,
                  augment=None, clean_weight=0.0, mask_weight=0.25, refine_mode="rounds", refine_every=1,
-                 refine_fraction=0.05, mask_fraction=1.0, penalty_fraction=0.25, explainer_update_fraction=0.25,
+                 refine_fraction=0.05, refine_max_rounds=None, refine_max_age=1, mask_fraction=1.0,
+                 penalty_fraction=0.25, explainer_update_fraction=0.25,
                  audit_size=128, audit_samples=256,
                  input_shape=None, value_range=(0.0, 1.0), channels_last=False, autocast=None,
                  random_state=None, **kwargs):
@@ -174,6 +184,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         self.refine_mode = refine_mode
         self.refine_every = refine_every
         self.refine_fraction = refine_fraction
+        self.refine_max_rounds = refine_max_rounds
+        self.refine_max_age = refine_max_age
         self.mask_fraction = mask_fraction
         self.penalty_fraction = penalty_fraction
         self.explainer_update_fraction = explainer_update_fraction
@@ -221,6 +233,8 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         "refine_mode": [Options("rounds", "online")],
         "refine_every": [Integral(1, None)],
         "refine_fraction": [Real(0, 1, closed="right")],
+        "refine_max_rounds": [None, Integral(1, None)],
+        "refine_max_age": [None, Integral(1, None)],
         "mask_fraction": [Real(0, 1, closed="right")],
         "penalty_fraction": [Real(0, 1)],
         "explainer_update_fraction": [Real(0, 1)],

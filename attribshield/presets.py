@@ -197,7 +197,7 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
             # the same explanation budget as ``full``, spent once after the first epoch
             rounds = max(1, cfg.epochs // cfg.refine_every)
             params.update(refine_every=1, refine_fraction=min(1.0, cfg.refine_fraction * rounds),
-                          callbacks__refinement__max_rounds=1)
+                          refine_max_rounds=1)
     if cfg.method in ONLINE:
         cast = "bf16" if cfg.bf16 else None
         if cfg.method == "full_amortized":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -130,39 +131,47 @@ def _gather(dataset, positions):
 class Refinement(Callback):
     """Re-explain training images every ``net.refine_every`` epochs and cache their masks.
 
-    Active only when the net has a ``masker_``.  The explanation budget per round is
+    Active only when the net has a ``masker_`` and ``refine_mode="rounds"``.  The settings of
+    the loop are the estimator's parameters (one place): ``refine_every``, ``refine_fraction``,
+    ``refine_max_rounds`` and ``refine_max_age``.  The explanation budget per round is
     ``refine_fraction`` of the training set (rotating, so every image is covered over
     ``ceil(1 / refine_fraction)`` rounds) times the explainer's ``n_samples``.  Each round
     records ``refine_dur`` (seconds) and ``refine_n`` (images explained) in the epoch's
-    history row, which skorch's printed table shows.
+    history row, which skorch's printed table shows.  The cache is saved with every
+    checkpoint by :class:`~attribshield.checkpoint.SafeCheckpoint`.
 
     Parameters
     ----------
     chunk_size : int, default=256
         Images explained at once (bounds memory).
-    dirname : str or None, default=None
-        When set, the cache is written to ``dirname/mask_cache.pt`` after every round and
-        loaded from there at the start of training if the net has none (pair with
-        ``skorch.callbacks.Checkpoint(dirname=...)`` and ``LoadInitState`` to resume).
     progress : bool or None, default=None
         tqdm progress bar over the chunks; ``None``: when the net is verbose.
-    max_rounds : int or None, default=None
-        Stop refining after this many rounds; ``max_rounds=1`` computes the masks once and
-        keeps them (the "no closed loop" ablation).
-    max_age : int or None, default=1
-        After each round, forget selections made more than ``max_age`` rounds ago, so the
-        training step only uses masks from recent models.  This also bounds the method's
-        cost: the masked loss and the penalty run on the masked share of each batch, which
-        with ``max_age=1`` stays at ``refine_fraction`` instead of growing every round
-        (``None`` keeps every mask: coverage, and cost, grow to 100 %).
+    dirname, max_rounds, max_age
+        Deprecated: save the cache with :class:`~attribshield.checkpoint.SafeCheckpoint`, and
+        set the estimator's ``refine_max_rounds`` / ``refine_max_age``.  When given they still
+        act as before, with a ``FutureWarning``; they will be removed in the next release.
     """
 
-    def __init__(self, chunk_size=256, dirname=None, progress=None, max_rounds=None, max_age=1):
+    def __init__(self, chunk_size=256, dirname=None, progress=None, max_rounds="deprecated", max_age="deprecated"):
         self.chunk_size = chunk_size
         self.dirname = dirname
         self.progress = progress
         self.max_rounds = max_rounds
         self.max_age = max_age
+
+    def initialize(self):
+        for name, unset, instead in (("dirname", None, "SafeCheckpoint(dirname), which stores the cache with "
+                                      "each checkpoint"),
+                                     ("max_rounds", "deprecated", "the estimator's refine_max_rounds"),
+                                     ("max_age", "deprecated", "the estimator's refine_max_age")):
+            if getattr(self, name) != unset:
+                warnings.warn(f"Refinement({name}=...) is deprecated and will be removed in the next release; "
+                              f"use {instead}", FutureWarning, stacklevel=2)
+        return super().initialize()
+
+    def _setting(self, net, name):
+        own = getattr(self, name)
+        return getattr(net, f"refine_{name}") if own == "deprecated" else own
 
     def _path(self):
         return None if self.dirname is None else os.path.join(self.dirname, "mask_cache.pt")
@@ -181,7 +190,8 @@ class Refinement(Callback):
         if epoch % net.refine_every != 0:
             return
         cache = getattr(net, "mask_cache_", None)
-        if self.max_rounds is not None and cache is not None and cache.rounds >= self.max_rounds:
+        max_rounds = self._setting(net, "max_rounds")
+        if max_rounds is not None and cache is not None and cache.rounds >= max_rounds:
             return
         t0 = time.perf_counter()
         n = self.refine(net, dataset_train)
@@ -216,8 +226,9 @@ class Refinement(Callback):
             sel = net.masker_.find_spurious(module, X, y, net.explainer_, attacker=net.attacker_)
             cache.update(idx, sel.segments, sel.selected)
         cache.rounds += 1
-        if self.max_age is not None:
-            cache.expire(self.max_age)
+        max_age = self._setting(net, "max_age")
+        if max_age is not None:
+            cache.expire(max_age)
         net.mask_cache_ = cache
         path = self._path()
         if path is not None:

@@ -30,6 +30,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from attribshield.runs import read_history  # noqa: E402
+
 ENV = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "17179869184",
        "MALLOC_TOP_PAD_": "268435456", "PYTHONUNBUFFERED": "1"}
 
@@ -49,8 +53,7 @@ def summarize(run_dir):
     """One summary row from a run folder's history and evaluation report."""
     with open(os.path.join(run_dir, "eval", "report.json")) as f:
         rep = json.load(f)
-    with open(os.path.join(run_dir, "history.json")) as f:
-        hist = json.load(f)
+    hist = read_history(run_dir)
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)["config"]
     rob = rep["robustness"]

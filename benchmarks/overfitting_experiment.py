@@ -20,9 +20,9 @@ Arms (the presets of ``attribshield.presets`` with the setting's attacker):
 
 Every run uses the one-cycle learning rate (``attribshield.callbacks.one_cycle``; peak
 ``--set lr=...``, 0.2 by default as in the recipe), trains on the first ``--train`` images
-(10,000) for ``--epochs`` epochs (30), into ``<out>/<setting>/<arm>-s<seed>/`` (checkpoint
-after every epoch with ``attribshield.cli.CKPT``'s file names; an interrupted campaign
-resumes where it stopped).  ``attribshield.callbacks.RobustnessMonitor`` records clean, FGSM
+(10,000) for ``--epochs`` epochs (30), into the run folder ``<out>/<setting>/<arm>-s<seed>/``
+(:mod:`attribshield.runs`: a checkpoint after every epoch; an interrupted campaign resumes
+where it stopped).  ``attribshield.callbacks.RobustnessMonitor`` records clean, FGSM
 and PGD-10 accuracy on 512 training images after every epoch (in ``history.json``), and
 ``catastrophic_overfitting`` reads the collapse from them (PGD accuracy 0.3 below its best
 while FGSM accuracy leads it by 0.3; ``--drop``).  At the end: clean and PGD-50 accuracy on the
@@ -56,12 +56,12 @@ import torch  # noqa: E402
 
 from attribshield.attacks import FGSM, NFGSM, PGD  # noqa: E402
 from attribshield.callbacks import RobustnessMonitor, catastrophic_overfitting  # noqa: E402
-from attribshield.cli import CKPT  # noqa: E402
 from attribshield.evaluation import clean_accuracy, robust_accuracy  # noqa: E402
 from attribshield.evaluation.stats import pooled_mcnemar_exact  # noqa: E402
 from attribshield.maskers import CRITERIA  # noqa: E402
 from attribshield.presets import TrainConfig, load_dataset  # noqa: E402
 from attribshield.regularizers import GradAlign  # noqa: E402
+from attribshield.runs import run_checkpoint  # noqa: E402
 from shortcut_experiment import as_float, atomic_json, parse_sets, train_resumable  # noqa: E402
 
 ARMS = ("fgsm_rs", "nfgsm", "gradalign", "full_gradient", "random_mask")
@@ -191,7 +191,7 @@ def main(argv=None):
                                       verbose=args.verbose, callbacks=[(MONITOR, monitor)], **overrides)
                 wall = time.time() - t0
                 cache = os.path.join(run_dir, f"eval_n{len(y_te)}_pgd{args.pgd_steps}.npz")
-                params = os.path.join(run_dir, CKPT["f_params"])
+                params = run_checkpoint(run_dir)
                 if not args.restart and os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(params):
                     with np.load(cache) as z:
                         res = {k: z[k] for k in z.files}

@@ -11,7 +11,7 @@ from ``attribshield.evaluation.stats``.
 
 Prints a table; writes ``runs/cifar10/paired_robustness.json``.  Clean accuracy is compared the
 same way.  Per-image results are cached in ``<run>/paired_n<N>_pgd<steps>.npz`` (recomputed when
-the run's ``params.pt`` is newer), so adding runs costs only the new ones.  When several
+the run's newest checkpoint is newer), so adding runs costs only the new ones.  When several
 training seeds of a method and of the baseline's method are given (``<method>-s<seed>``), a
 second table compares them seed by seed: the mean of the per-seed differences and their
 range, which includes the training-seed variation the per-image interval leaves out.
@@ -47,9 +47,9 @@ def main():
     import torch
 
     from attribshield.attacks import PGD
-    from attribshield.cli import _load_run
     from attribshield.evaluation import clean_accuracy, robust_accuracy
     from attribshield.presets import load_dataset
+    from attribshield.runs import load_run, run_checkpoint
 
     runs = list(dict.fromkeys([args.baseline, *args.runs]))
     per = {}
@@ -57,11 +57,11 @@ def main():
     for name in runs:
         run_dir = os.path.join(args.root, name)
         cache = os.path.join(run_dir, f"paired_n{args.n_test}_pgd{args.steps}.npz")
-        if os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(os.path.join(run_dir, "params.pt")):
+        if os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(run_checkpoint(run_dir)):
             with np.load(cache) as z:
                 per[name] = {"clean": z["clean"], "pgd": z["pgd"]}
         else:
-            clf, cfg, _ = _load_run(run_dir)
+            clf, cfg, _ = load_run(run_dir)
             if X is None:
                 Xu, y, _ = load_dataset(cfg, train=False)
                 X = torch.as_tensor(Xu[: args.n_test].astype(np.float32) / 255.0)

@@ -2,7 +2,7 @@
 
     python benchmarks/results_page.py [--runs runs/cifar10] > /tmp/tables.md
 
-Reads each ``<run>/history.json`` and ``<run>/eval/report.json``; prints the main table
+Reads each run folder's history (its newest checkpoint) and ``<run>/eval/report.json``; prints the main table
 (accuracy under each attack, CIFAR-10-C mean, median epoch time), the mean and spread over
 seeds of each run name (``<name>-s<seed>``), each run name's seed-matched difference from a
 reference run (``--reference``, default ``fgsm_rs``), what the refinement's loss terms weigh
@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from attribshield.evaluation.stats import mcnemar_exact, seed_matched_differences  # noqa: E402
+from attribshield.runs import read_history  # noqa: E402
 
 
 def main():
@@ -41,8 +42,7 @@ def main():
             continue
         with open(rep_path) as f:
             rep = json.load(f)
-        with open(os.path.join(args.runs, name, "history.json")) as f:
-            hist = json.load(f)
+        hist = read_history(os.path.join(args.runs, name))
         epoch_s = [h["dur"] + h.get("refine_dur", 0.0) for h in hist]
         rob = rep["robustness"]
         rows.append((name, len(hist), rob["clean_accuracy"], rob["pgd_accuracy"], rob["square_accuracy"],
@@ -168,12 +168,11 @@ def loss_terms_table(runs_dir):
     run trains on (stale ones too, for ``no_loop`` and kept masks)."""
     rows = []
     for name in sorted(os.listdir(runs_dir)):
-        hist_path = os.path.join(runs_dir, name, "history.json")
         cfg_path = os.path.join(runs_dir, name, "config.json")
-        if not (os.path.exists(hist_path) and os.path.exists(cfg_path)):
+        hist = read_history(os.path.join(runs_dir, name)) if os.path.exists(cfg_path) else []
+        if not hist:
             continue
-        with open(hist_path) as f:
-            batches = json.load(f)[-1]["batches"]
+        batches = hist[-1]["batches"]
         with open(cfg_path) as f:
             cfg = json.load(f)["config"]
         if not any("penalty_loss" in b or "masked_loss" in b for b in batches):
@@ -291,11 +290,11 @@ def explanations(runs_dir, names, out, n=8):
     import numpy as np
     import torch
 
-    from attribshield.cli import _load_run
     from attribshield.explainers import LimeExplainer, SlicSegmenter
     from attribshield.presets import load_dataset
+    from attribshield.runs import load_run
 
-    models = {name: _load_run(os.path.join(runs_dir, name)) for name in names}
+    models = {name: load_run(os.path.join(runs_dir, name)) for name in names}
     cfg = next(iter(models.values()))[1]
     X, y, _ = load_dataset(cfg, train=False)
     X = torch.as_tensor(X[:n].astype(np.float32) / 255.0)

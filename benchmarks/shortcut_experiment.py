@@ -16,8 +16,8 @@ square (``attribshield.maskers.OracleMasker``, told where the square is, not exp
 ``oracle``                     ``full_gradient`` with ``OracleMasker`` + ``OracleExplainer``
 =============================  ===================================================================
 
-For each arm and seed the script trains into ``<out>/<arm>-s<seed>/`` (skorch ``Checkpoint``
-after every epoch, ``attribshield.cli.CKPT`` file names; an interrupted campaign resumes where
+For each arm and seed the script trains into the run folder ``<out>/<arm>-s<seed>/``
+(:mod:`attribshield.runs`: a checkpoint after every epoch; an interrupted campaign resumes where
 it stopped, as ``attribshield train`` does), then measures
 
 * the **gate**: on the first ``--gate-n`` planted training images, the share whose selected
@@ -59,16 +59,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
-from skorch.callbacks import Checkpoint  # noqa: E402
 
 from attribshield.attacks import PGD  # noqa: E402
-from attribshield.cli import CKPT  # noqa: E402
 from attribshield.data import plant_shortcut, shortcut_segment_mask  # noqa: E402
 from attribshield.evaluation import clean_accuracy, robust_accuracy  # noqa: E402
 from attribshield.evaluation.stats import pooled_mcnemar_exact  # noqa: E402
 from attribshield.explainers import GradientExplainer  # noqa: E402
 from attribshield.maskers import CRITERIA, FILLS, LimeMasker, OracleMasker  # noqa: E402
-from attribshield.presets import METHODS, TrainConfig, build_estimator, load_dataset  # noqa: E402
+from attribshield.presets import METHODS, TrainConfig, load_dataset  # noqa: E402
+from attribshield.runs import run_checkpoint, train_run  # noqa: E402
 
 DEFAULT_ARMS = ["clean", "fgsm_rs", "full_gradient-dominant", "full_gradient-combined", "random_mask", "oracle"]
 TEST_SEED = 2024  # the planted test variants: the same squares for every arm and seed (paired tests)
@@ -118,47 +117,17 @@ def atomic_json(path, obj):
     os.replace(tmp, path)
 
 
-#: config fields that may change when a run resumes (longer training, another machine)
-RESUMABLE_CHANGES = ("epochs", "device", "data_root")
-
-
 def train_resumable(run_dir, cfg, n_classes, X, y, meta, *, restart=False, verbose=0, fill=None, callbacks=(),
                     **overrides):
-    """Train (or resume) one run in ``run_dir`` as ``attribshield train`` does; returns the estimator.
+    """:func:`attribshield.runs.train_run` with the campaign's log line and masker fill."""
+    def set_fill(clf):
+        if fill is not None and clf.masker is not None:
+            clf.set_params(masker__fill=fill)
 
-    ``meta`` (JSON-able) is stored in ``config.json`` beside the config and must match on
-    resume, as must the config except :data:`RESUMABLE_CHANGES`; ``callbacks`` (name,
-    callback) pairs run before the checkpoint, so what they record is saved with the epoch.
-    """
-    os.makedirs(run_dir, exist_ok=True)
-    cfg_path = os.path.join(run_dir, "config.json")
-    record = {"config": cfg.to_dict(), "n_classes": n_classes, **meta}
-    have_ckpt = os.path.exists(os.path.join(run_dir, CKPT["f_params"])) and not restart
-    if have_ckpt and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
-        same = {k: v for k, v in old["config"].items() if k not in RESUMABLE_CHANGES} == \
-            {k: v for k, v in record["config"].items() if k not in RESUMABLE_CHANGES}
-        if not same or any(old.get(k) != v for k, v in json.loads(json.dumps(meta)).items()):
-            raise SystemExit(f"error: {run_dir} holds a run with another configuration; "
-                             "pass --restart or another --out")
-    atomic_json(cfg_path, record)
-    cp = Checkpoint(dirname=run_dir, monitor=None, **CKPT)
-    clf = build_estimator(cfg, n_classes=n_classes, callbacks=[*callbacks, ("checkpoint", cp)],
-                          callbacks__refinement__dirname=run_dir, verbose=verbose, **overrides)
-    if fill is not None and clf.masker is not None:
-        clf.set_params(masker__fill=fill)
-    clf.initialize()
-    done = 0
-    if have_ckpt:
-        clf.load_params(checkpoint=cp)
-        done = len(clf.history)
-    if cfg.epochs - done > 0:
-        print(f"  {os.path.basename(run_dir)}: {'resuming after epoch ' + str(done) if done else 'training'} "
-              f"({cfg.epochs - done} epochs)", flush=True)
-        clf.set_params(max_epochs=cfg.epochs - done)
-        clf.partial_fit(X, y)
-    return clf
+    name = os.path.basename(run_dir)
+    return train_run(run_dir, cfg, X, y, n_classes, meta=meta, restart=restart, callbacks=callbacks,
+                     verbose=verbose, configure=set_fill,
+                     log=lambda msg: print(f"  {name}: {msg}", flush=True), **overrides)
 
 
 def as_float(X):
@@ -305,7 +274,7 @@ def main(argv=None):
             clf = train_resumable(run_dir, cfg, n_classes, X_pl, y_tr, meta, restart=args.restart,
                                   verbose=args.verbose, fill=args.fill, **overrides)
             train_wall = time.time() - t0
-            params = os.path.join(run_dir, CKPT["f_params"])
+            params = run_checkpoint(run_dir)
             cache = os.path.join(run_dir, f"eval_n{len(y_te)}_pgd{args.pgd_steps}.npz")
             gate_cache = os.path.join(run_dir, f"gate_n{g}.json")
             fresh = (not args.restart and os.path.exists(cache) and os.path.exists(gate_cache)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from attribshield.runs import read_history
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -41,7 +43,7 @@ def test_shortcut_experiment_smoke(tmp_path):
         assert run["epochs"] == 2 and 0 <= run["gate"] <= 1
         assert set(run["acc"]) == metrics and all(0 <= v <= 1 for v in run["acc"].values())
         assert (out / run["per_sample_file"]).is_file()
-        assert (out / run["run_dir"] / "params.pt").is_file()
+        assert (out / run["run_dir"] / "latest").read_text() == "epoch_0002"
     oracle = next(r for r in summary["runs"] if r["arm"] == "oracle")
     assert oracle["gate"] == 1.0 and oracle["gate_precision"] == 1.0  # the oracle masks exactly the square
     assert {"arm", "baseline", "metric", "n10", "n01", "pvalue"} <= set(summary["comparisons"][0])
@@ -66,6 +68,5 @@ def test_overfitting_experiment_smoke(tmp_path):
         assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in run["curves"].values())
         assert {"collapsed", "epoch", "pgd_best", "pgd_final", "fgsm_final"} <= set(run["collapse"])
         assert 0 <= run["test_pgd"] <= run["test_clean"] <= 1
-        with open(out / run["run_dir"] / "history.json") as f:  # the monitor's values are checkpointed
-            assert "monitor_pgd_acc" in json.load(f)[-1]
+        assert "monitor_pgd_acc" in read_history(out / run["run_dir"])[-1]  # checkpointed with the epoch
     assert "COLLAPSED" in stdout or "no collapse" in stdout

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from attribshield.cli import main
-from attribshield.presets import METHODS, TrainConfig, build_estimator
+from attribshield.presets import METHODS, TrainConfig, build_estimator, load_dataset
+from attribshield.runs import load_run, read_history
 
 
 @pytest.mark.parametrize("cmd", ["demo", "train", "evaluate", "explain"])
@@ -28,19 +29,50 @@ def run_dir(tmp_path_factory):
 
 
 def test_train_writes_resumable_run(run_dir, capsys):
-    for name in ["config.json", "params.pt", "optimizer.pt", "history.json", "mask_cache.pt"]:
-        assert (run_dir / name).exists(), name
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["method"] == "full" and saved["n_classes"] == 10
+    checkpoint = run_dir / "epoch_0001"
+    for name in ["params.safetensors", "optimizer.pt", "history.json", "mask_cache.pt", "meta.json"]:
+        assert (checkpoint / name).exists(), name
+    assert (run_dir / "latest").read_text() == "epoch_0001"
     # resume: one more epoch on top of the finished one
     assert main(["train", "--config", str(run_dir / "run.toml"), "--epochs", "2", "--out", str(run_dir),
                  "--no-progress"]) == 0
     assert "resuming" in capsys.readouterr().out
-    assert len(json.loads((run_dir / "history.json").read_text())) == 2
+    assert len(read_history(run_dir)) == 2
     # nothing left to do
     assert main(["train", "--config", str(run_dir / "run.toml"), "--epochs", "2", "--out", str(run_dir),
                  "--no-progress"]) == 0
     assert "all 2 epochs are done" in capsys.readouterr().out
+    # another configuration in the same folder is refused, before any training
+    assert main(["train", "--config", str(run_dir / "run.toml"), "--epochs", "3", "--eps", "0.2",
+                 "--out", str(run_dir), "--no-progress"]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert len(read_history(run_dir)) == 2
+
+
+def test_train_restart_starts_over(tmp_path, capsys):
+    args = ["train", "--dataset", "digits", "--method", "fgsm_rs", "--train-subset", "64", "--eps", "0.1",
+            "--batch-size", "32", "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, "--epochs", "2"]) == 0
+    assert main([*args, "--epochs", "1", "--restart"]) == 0
+    assert len(read_history(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.glob("epoch_*")) == ["epoch_0001"]
+
+
+def test_flat_skorch_checkpoint_folder_still_resumes(tmp_path, capsys):
+    """A run folder in skorch's flat Checkpoint layout (params.pt, optimizer.pt, history.json)."""
+    cfg = TrainConfig(dataset="digits", method="fgsm_rs", epochs=1, train_subset=64, eps=0.1, batch_size=32)
+    X, y, n = load_dataset(cfg)
+    clf = build_estimator(cfg, n_classes=n, verbose=0).fit(X, y)
+    clf.save_params(f_params=tmp_path / "params.pt", f_optimizer=tmp_path / "optimizer.pt",
+                    f_history=tmp_path / "history.json")
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "n_classes": n}))
+    loaded, _, _ = load_run(tmp_path)
+    np.testing.assert_array_equal(loaded.predict(X[:20]), clf.predict(X[:20]))
+    assert main(["train", "--dataset", "digits", "--method", "fgsm_rs", "--train-subset", "64", "--eps", "0.1",
+                 "--batch-size", "32", "--epochs", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().out and len(read_history(tmp_path)) == 2
 
 
 def test_evaluate_writes_report(run_dir, tmp_path, capsys):
@@ -92,9 +124,9 @@ def test_criterion_flag_reaches_the_masker_and_bad_values_fail_early(tmp_path, c
         assert msg in capsys.readouterr().err
 
 
-def test_evaluate_rejects_a_folder_without_run(tmp_path):
-    with pytest.raises(SystemExit, match="config.json"):
-        main(["evaluate", "--model", str(tmp_path)])
+def test_evaluate_rejects_a_folder_without_run(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path)]) == 2
+    assert "holds no config.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["clean", "fgsm_rs", "pgd", "trades", "full", "no_mask", "no_reg", "no_loop"])

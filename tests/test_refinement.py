@@ -1,5 +1,6 @@
 """The closed loop: refinement callback, mask cache, the method's loss and its baselines."""
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,10 +8,11 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from skorch import NeuralNetClassifier
-from skorch.callbacks import Checkpoint, LoadInitState
+from skorch.callbacks import LoadInitState
 
 from attribshield import RobustAttributionClassifier
 from attribshield.attacks import FGSM, GuidedPGD
+from attribshield.checkpoint import SafeCheckpoint, latest_checkpoint
 from attribshield.explainers import LimeExplainer
 from attribshield.maskers import LimeMasker
 from attribshield.refinement import MaskCache
@@ -50,7 +52,7 @@ def test_cache_filled_and_terms_recorded(refined):
 
 
 def test_rotating_fraction_covers_everything():
-    clf = method(refine_fraction=0.5, max_epochs=1, callbacks__refinement__max_age=None).fit(X, y)
+    clf = method(refine_fraction=0.5, max_epochs=1, refine_max_age=None).fit(X, y)
     cache = clf.mask_cache_
     assert int(cache.explained.sum()) == 16 and cache.cursor == 16
     clf.partial_fit(X, y)
@@ -122,16 +124,25 @@ def test_top_k_above_segment_count_is_clipped_with_warning():
 
 
 def test_resume_keeps_mask_cache(tmp_path):
-    cp = Checkpoint(dirname=str(tmp_path), monitor=None)
-    first = method(max_epochs=1, callbacks=[cp], callbacks__refinement__dirname=str(tmp_path)).fit(X, y)
-    assert (tmp_path / "mask_cache.pt").exists()
-    resumed = method(max_epochs=1, callbacks=[Checkpoint(dirname=str(tmp_path), monitor=None),
-                                               LoadInitState(Checkpoint(dirname=str(tmp_path), monitor=None))],
-                     callbacks__refinement__dirname=str(tmp_path), refine_every=5)
+    first = method(max_epochs=1, callbacks=[SafeCheckpoint(tmp_path)]).fit(X, y)
+    assert (Path(latest_checkpoint(tmp_path)) / "mask_cache.pt").exists()
+    cp = SafeCheckpoint(tmp_path)
+    resumed = method(max_epochs=1, callbacks=[cp, LoadInitState(cp)], refine_every=5)
     resumed.fit(X, y)
     # no refinement round ran in the resumed epoch (refine_every=5): the cache came from disk
     torch.testing.assert_close(resumed.mask_cache_.selected, first.mask_cache_.selected)
     assert len(resumed.history) == 2  # history resumed from the checkpoint
+
+
+def test_deprecated_refinement_settings_warn_and_still_act(tmp_path):
+    clf = method(max_epochs=3, callbacks__refinement__max_rounds=1, callbacks__refinement__max_age=None,
+                 callbacks__refinement__dirname=str(tmp_path))
+    with pytest.warns(FutureWarning) as record:
+        clf.fit(X, y)
+    messages = " ".join(str(w.message) for w in record)
+    assert all(name in messages for name in ("refine_max_rounds", "refine_max_age", "SafeCheckpoint"))
+    assert clf.mask_cache_.rounds == 1 and (tmp_path / "mask_cache.pt").exists()
+    assert [("refine_n" in row) for row in clf.history] == [True, False, False]
 
 
 def test_mask_cache_roundtrip(tmp_path):
@@ -145,7 +156,7 @@ def test_mask_cache_roundtrip(tmp_path):
 
 
 def test_max_rounds_freezes_masks():
-    clf = method(max_epochs=3, callbacks__refinement__max_rounds=1).fit(X, y)
+    clf = method(max_epochs=3, refine_max_rounds=1).fit(X, y)
     assert clf.mask_cache_.rounds == 1
     assert [("refine_n" in row) for row in clf.history] == [True, False, False]
 
@@ -155,7 +166,7 @@ def test_max_age_keeps_only_recent_masks():
     cache = clf.mask_cache_
     assert cache.rounds == 3 and int(cache.explained.sum()) == 16  # only the last round's half
     assert bool((cache.round_of[cache.explained] == 3).all())
-    keep_all = method(refine_fraction=0.5, max_epochs=3, callbacks__refinement__max_age=None).fit(X, y)
+    keep_all = method(refine_fraction=0.5, max_epochs=3, refine_max_age=None).fit(X, y)
     assert bool(keep_all.mask_cache_.explained.all())
 
 

@@ -49,7 +49,10 @@ def test_loss_terms_table_recovers_the_explained_share(page, tmp_path, capsys):
             extra = share * (0.5 * masked + pen)
         b["train_loss"] = adv + extra
         batches.append(b)
-    (run / "history.json").write_text(json.dumps([{"batches": batches}]))
+    checkpoint = run / "epoch_0001"  # a run folder's newest checkpoint holds the history
+    checkpoint.mkdir()
+    (checkpoint / "meta.json").write_text(json.dumps({"format": 1}))
+    (checkpoint / "history.json").write_text(json.dumps([{"batches": batches}]))
     page.loss_terms_table(str(tmp_path))
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| full-s0 |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
