@@ -497,11 +497,14 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             X, src = self.augment_(X)
         online = self.refine_mode == "online" and self.masker_ is not None
         sel = None if online else self._batch_selection(index, src)
+        two_phase = online and self._two_phase()
 
         terms = {}
-        X_adv = grad = None
+        X_adv = grad = grad_adv = None
         if self.attacker_ is not None:
             X_adv, grad = self._perturb(module, X, y, sel, want_grad=online)
+            if two_phase:
+                X_adv = X_adv.detach().requires_grad_(True)
             with self._autocast():
                 y_pred = module(X_adv, **fit_params).float()
             if capability(self.attacker_, "provides_objective"):  # the attacker brings its own loss (TRADES)
@@ -523,9 +526,16 @@ class RobustAttributionClassifier(NeuralNetClassifier):
                 y_pred = module(X, **fit_params).float()
             loss = self.get_loss(y_pred, yi, X=X, training=True)
 
+        if two_phase:
+            # phase 1: the adversarial term's backward yields the parameter gradients and, at
+            # no extra cost, the input gradient at x_adv that the x_adv attribution needs
+            self._backward(loss)
+            grad_adv = X_adv.grad.detach() * self._loss_scale(len(X))
+            X_adv = X_adv.detach()
+            loss = loss.detach()  # phase 2 back-propagates only the terms added below
         if online:
             self._update_explainer(module, X, y)
-            sel = self._online_selection(module, X, X_adv, y, grad)
+            sel = self._online_selection(module, X, X_adv, y, grad, grad_adv)
         if sel is not None:
             segments, selected, has = sel
             share = has.sum() / len(has)
@@ -547,9 +557,26 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             pen = self.regularizer_.penalty(module, X, y, None)
             terms["penalty"] = pen.detach()
             loss = loss + pen
-        self._backward(loss)
+        if loss.requires_grad:
+            self._backward(loss)
         self._record_terms(terms)
         return {"loss": loss, "y_pred": y_pred}
+
+    def _two_phase(self) -> bool:
+        """Whether the online step takes the x_adv attribution from the training backward.
+
+        That is the case when the masker needs an attribution of ``x_adv``, the explainer is a
+        gradient one (``uses_input_grad``) and the adversarial cross-entropy is the whole loss
+        before the masked terms (no clean mixing, no attacker objective).
+        """
+        return (self.attacker_ is not None and self.clean_weight == 0
+                and not capability(self.attacker_, "provides_objective")
+                and capability(self.explainer_, "uses_input_grad")
+                and "attribution_adv" in self.masker_.needs())
+
+    def _loss_scale(self, n: int) -> float:
+        """Factor turning the gradient of the batch loss into that of the per-example losses."""
+        return float(n) if getattr(self.criterion_, "reduction", "mean") == "mean" else 1.0
 
     def _backward(self, loss):
         """Backward pass of the training loss; subclasses route it (e.g. through accelerate)."""
@@ -633,8 +660,12 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         with eval_mode(module):
             self.explainer_.partial_fit(module, X[:n].detach(), y[:n])
 
-    def _online_selection(self, module, X, X_adv, y, grad):
-        """Fresh spurious segments of the first ``mask_fraction`` of the batch, with the current model."""
+    def _online_selection(self, module, X, X_adv, y, grad, grad_adv=None):
+        """Fresh spurious segments of the first ``mask_fraction`` of the batch, with the current model.
+
+        ``grad`` and ``grad_adv`` are input gradients of the per-example cross-entropy at the
+        attack's starting point and at ``X_adv`` when the step has them already.
+        """
         n = self._n_rows(self.mask_fraction, len(X))
         Xr, yr = X[:n].detach(), y[:n]
         segments = self._segments(Xr)
@@ -647,7 +678,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             att = self._attribute(module, Xr, yr, segments, g)
         if "attribution_adv" in needs:
             Xa = X_adv[:n].detach() if X_adv is not None else Xr
-            att_adv = self._attribute(module, Xa, yr, segments)
+            att_adv = self._attribute(module, Xa, yr, segments, None if grad_adv is None else grad_adv[:n])
         scores = self.masker_.segment_scores(att, attribution_adv=att_adv, input_grad=g, segments=segments)
         n_seg = int(segments.amax()) + 1
         valid = att.valid if att is not None else torch.ones((n, n_seg), dtype=torch.bool, device=X.device)

@@ -128,6 +128,37 @@ def test_online_gradient_explainer_reuses_the_attack_gradient(data, monkeypatch)
     assert calls == []  # attribution and gradient mass both come from FGSM's gradient
 
 
+def test_two_phase_step_takes_the_adv_attribution_from_the_training_backward(data, monkeypatch):
+    """'combined' needs the attribution of x_adv: the step reads it off the adversarial term's
+    backward instead of another forward/backward pass, and trains exactly as with that pass
+    (TinyMLP has no batch norm or dropout, so train- and eval-mode gradients agree)."""
+    kw = dict(masker=LimeMasker(criterion="combined", top_k=2), audit_size=0, max_epochs=1)
+    calls = []
+    orig = RobustAttributionClassifier._input_grad
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(RobustAttributionClassifier, "_input_grad", counting)
+    two_phase = _online(**kw).fit(*data)
+    assert calls == [] and two_phase._two_phase()
+    monkeypatch.setattr(RobustAttributionClassifier, "_two_phase", lambda self: False)
+    one_pass = _online(**kw).fit(*data)
+    assert len(calls) == 3  # one extra input-gradient pass per batch without it
+    for a, b in zip(two_phase.module_.parameters(), one_pass.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert two_phase.history[-1]["train_loss"] == pytest.approx(one_pass.history[-1]["train_loss"], rel=1e-5)
+
+
+def test_two_phase_only_where_the_adversarial_term_is_the_whole_loss(data):
+    clf = _online(masker=LimeMasker(criterion="combined", top_k=2)).initialize()
+    assert clf._two_phase()
+    assert not clf.set_params(clean_weight=0.5)._two_phase()
+    assert not clf.set_params(clean_weight=0.0, masker=LimeMasker(criterion="irrelevant"))._two_phase()
+    assert not clf.set_params(masker=LimeMasker(criterion="combined"), explainer=LimeExplainer())._two_phase()
+
+
 def test_online_needs_a_masker_that_scores_pieces():
     class OldMasker(LimeMasker):
         segment_scores = None
