@@ -21,11 +21,14 @@ Examples
 >>> import tempfile
 >>> folder = tempfile.mkdtemp()
 >>> clf = train_run(folder, cfg, X, y, n_classes, verbose=0)
+training fgsm_rs (1 epochs)
 >>> len(read_history(folder))
 1
 >>> clf2, cfg2, n = load_run(folder)
->>> (clf2.predict(X[:5]) == clf.predict(X[:5])).all()
+>>> bool((clf2.predict(X[:5]) == clf.predict(X[:5])).all())
 True
+>>> clf = train_run(folder, cfg, X, y, n_classes, verbose=0)  # run again: nothing to do
+all 1 epochs are done
 """
 from __future__ import annotations
 
