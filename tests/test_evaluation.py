@@ -476,6 +476,19 @@ def test_robust_scorer_in_grid_search():
         make_robust_scorer(object())
 
 
+def test_robust_scorer_maps_labels_through_the_estimator():
+    from attribshield import RobustAttributionClassifier
+    from attribshield.testing import TinyMLP, make_images
+
+    X, y01 = make_images(n=32)
+    y = np.where(np.asarray(y01) == 0, 3, 7)  # labels that are not output indices
+    clf = RobustAttributionClassifier(TinyMLP, max_epochs=3, lr=0.1, verbose=0, random_state=0).fit(X, y)
+    scorer = make_robust_scorer(PGD(eps=0.0, steps=1, random_state=0))
+    assert scorer(clf, X, y) == pytest.approx(clf.score(X, y))  # eps=0: robust accuracy is accuracy
+    with pytest.raises(ValueError, match="not seen in fit"):
+        scorer(clf, X, np.where(y == 3, 5, 7))
+
+
 # --------------------------------------------------------------------------- slow cross-check
 @pytest.fixture(scope="module")
 def _trained_smallcnn(cifar10_root):

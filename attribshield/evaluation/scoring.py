@@ -22,14 +22,9 @@ class _RobustScorer:
                 if step is not None and step != "passthrough":
                     X = step.transform(X)
             estimator = estimator.steps[-1][1]
-        classes = getattr(estimator, "classes_", None)
-        if classes is not None:  # labels -> the module's output indices
-            classes = np.asarray(classes)
-            y = np.asarray(y.cpu() if hasattr(y, "cpu") else y)
-            idx = np.searchsorted(classes, y).clip(0, len(classes) - 1)
-            if not np.array_equal(classes[idx], y):
-                raise ValueError("y contains labels the estimator was not fitted on")
-            y = idx
+        encode = getattr(estimator, "encode_labels", None)
+        if encode is not None:  # labels -> the module's output indices (unknown labels: ValueError)
+            y = encode(np.asarray(y.cpu() if hasattr(y, "cpu") else y))
         return robust_accuracy(estimator, X, y, self.attacker, batch_size=self.batch_size)
 
     def __repr__(self):
