@@ -4,11 +4,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import numbers
 
 import numpy as np
 import torch
 
+from ._params import Integral, Real, check_param
 from ._validation import check_images, check_labels
 from .base import get_module
 
@@ -48,16 +48,44 @@ def channels_last_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to(memory_format=torch.channels_last)
 
 
-def check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+def check_batch_size(batch_size, owner="attribshield") -> int:
+    """``batch_size`` as an int; ``ValueError`` (naming ``owner``) unless an integer >= 1."""
+    check_param(owner, "batch_size", batch_size, [Integral(1, None)])
     return int(batch_size)
 
 
-def check_eps(eps, name="eps") -> float:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
+def check_eps(eps, name="eps", owner="attribshield") -> float:
+    """``eps`` as a float; ``ValueError`` (naming ``owner`` and ``name``) unless finite and >= 0."""
+    check_param(owner, name, eps, [Real(0, None)])
     return float(eps)
+
+
+def check_method(obj, name: str, method: str, args: str, *, optional: bool = False):
+    """Return ``obj``; ``ValueError`` unless it has ``method`` (or is ``None`` and ``optional``).
+
+    ``args`` only spells the expected call in the message: ``{name} must have a
+    {method}({args}) method``.
+    """
+    if not (optional and obj is None) and not hasattr(obj, method):
+        raise ValueError(f"{name} must have a {method}({args}) method, got {type(obj).__name__}")
+    return obj
+
+
+def numpy_rng(random_state) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from ``random_state``.
+
+    A Generator is returned as is; a RandomState seeds a new one from one draw; ``None``, a
+    SeedSequence or an int >= 0 seeds a new one.  Anything else raises ``ValueError``.
+    """
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    if random_state is None or isinstance(random_state, np.random.SeedSequence):
+        return np.random.default_rng(random_state)
+    if not Integral(0, None)(random_state):
+        raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")
+    return np.random.default_rng(int(random_state))
 
 
 def batches(n: int, batch_size: int):

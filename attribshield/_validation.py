@@ -4,10 +4,10 @@ Every check raises ``ValueError`` naming the problem *before* any heavy work sta
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
+
+from ._params import Integral, Real, check_param
 
 __all__ = ["check_images", "check_labels", "check_consistent_length"]
 
@@ -168,12 +168,12 @@ def check_consistent_length(*arrays) -> None:
         raise ValueError(f"inputs have inconsistent numbers of samples: {lengths}")
 
 
-def check_positive(value, name: str, *, strict: bool = True, integer: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a (strictly) positive number."""
-    kind = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if strict and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    if not strict and not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+def check_positive(value, name: str, *, strict: bool = True, integer: bool = False,
+                   owner: str = "attribshield") -> None:
+    """Raise ``ValueError`` unless ``value`` is a (strictly) positive finite number.
+
+    A shorthand for :func:`attribshield._params.check_param` with ``Real(0, None)`` or
+    ``Integral(0, None)`` (open at 0 when ``strict``); new code calls ``check_param`` directly.
+    """
+    bound = Integral if integer else Real
+    check_param(owner, name, value, [bound(0, None, closed="neither" if strict else "both")])

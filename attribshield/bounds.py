@@ -16,12 +16,12 @@ how often the estimate was too optimistic.  See ``docs/theory.md`` for the proof
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import torch
 
-from ._utils import prepare
+from ._params import Integral, Real, check_param
+from ._utils import check_batch_size, prepare
 from .attacks._threat import check_norm, project, random_start, step
 from .base import eval_mode, make_generator
 
@@ -33,16 +33,13 @@ def _prepare(model, X, y):
     return module, X, y
 
 
-def _check_int(v, name, low):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+def _check_int(owner, name, v, low) -> int:
+    check_param(owner, name, v, [Integral(low, None)])
     return int(v)
 
 
-def _check_real(v, name, *, strict):
-    ok = not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
-    if not ok or (v <= 0 if strict else v < 0):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {v!r}")
+def _check_radius(owner, name, v) -> float:
+    check_param(owner, name, v, [Real(0, None, closed="neither")])
     return float(v)
 
 
@@ -122,9 +119,9 @@ def attribution_lower_bound(model, X, y, spurious_mask, norm="Linf", radius=8 / 
     (3,)
     """
     norm = check_norm(norm)
-    radius = _check_real(radius, "radius", strict=True)
-    n_samples = _check_int(n_samples, "n_samples", 0)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    radius = _check_radius("attribution_lower_bound", "radius", radius)
+    n_samples = _check_int("attribution_lower_bound", "n_samples", n_samples, 0)
+    batch_size = check_batch_size(batch_size, "attribution_lower_bound")
     module, X, y = _prepare(model, X, y)
     S = _check_mask(spurious_mask, X)
     gen = make_generator(random_state, X.device)
@@ -226,14 +223,14 @@ def minimal_adversarial_distortion(model, X, y, norm="Linf", eps_max=None, *, n_
         ``eps_max``.  ``X_adv`` (torch.Tensor like ``X``) with ``return_adversarial=True``.
     """
     norm = check_norm(norm)
-    n_search = _check_int(n_search, "n_search", 0)
-    steps = _check_int(steps, "steps", 1)
-    restarts = _check_int(restarts, "restarts", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
+    n_search = _check_int("minimal_adversarial_distortion", "n_search", n_search, 0)
+    steps = _check_int("minimal_adversarial_distortion", "steps", steps, 1)
+    restarts = _check_int("minimal_adversarial_distortion", "restarts", restarts, 1)
+    batch_size = check_batch_size(batch_size, "minimal_adversarial_distortion")
     module, X, y = _prepare(model, X, y)
     if eps_max is None:
         eps_max = 1.0 if norm == "Linf" else math.sqrt(X[0].numel())
-    eps_max = _check_real(eps_max, "eps_max", strict=True)
+    eps_max = _check_radius("minimal_adversarial_distortion", "eps_max", eps_max)
     gen = make_generator(random_state, X.device)
     dist = torch.full((X.shape[0],), float("inf"), device=X.device)
     X_adv = X.clone()

@@ -1,11 +1,10 @@
 """Base class of the gradient attacks."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from .._params import Integral, Real, validate_params
 from .._validation import check_images
 from ..base import Component, eval_mode, get_module
 from ._threat import check_norm
@@ -18,22 +17,22 @@ class GradientAttack(Component):
     eval mode for the attack and restores every submodule's flag afterwards; gradients are
     taken with ``torch.autograd.grad`` with respect to the input only, so the parameters'
     ``.grad`` fields are never touched.
+
+    Subclasses extend :attr:`_parameter_constraints` with their own hyperparameters
+    (``{**GradientAttack._parameter_constraints, "beta": [Real(0, None)]}``); a listed name
+    the attack does not have (FGSM has no ``steps``) is skipped.
     """
 
+    _parameter_constraints = {
+        "eps": [Real(0, None)],
+        "steps": [Integral(1, None)],
+        "step_size": [None, Real(0, None, closed="neither")],
+        "restarts": [Integral(1, None)],
+    }
+
     def _validate_params(self) -> None:
-        eps = self.eps
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        validate_params(self, {k: c for k, c in self._parameter_constraints.items() if hasattr(self, k)})
         check_norm(getattr(self, "norm", "Linf"))
-        steps = getattr(self, "steps", 1)
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        ss = getattr(self, "step_size", None)
-        if ss is not None and (isinstance(ss, bool) or not isinstance(ss, numbers.Real) or not ss > 0):
-            raise ValueError(f"step_size must be a number > 0, got {ss!r}")
-        restarts = getattr(self, "restarts", 1)
-        if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
-            raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
 
     # -- public --------------------------------------------------------------------------
     def perturb(self, model, X, y, *, target=None, **kwargs):

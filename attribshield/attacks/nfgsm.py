@@ -1,17 +1,9 @@
 """N-FGSM: a signed-gradient step from a strongly noised point, without projection."""
 from __future__ import annotations
 
-import math
-import numbers
-
+from .._params import Real
 from ._base import GradientAttack
 from ._threat import random_start, step
-
-
-def _check_scale(name, value, *, strict):
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if not ok or not (value > 0 if strict else value >= 0):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value!r}")
 
 
 class NFGSM(GradientAttack):
@@ -85,10 +77,8 @@ class NFGSM(GradientAttack):
         self.step_scale = step_scale
         self.random_state = random_state
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        _check_scale("noise_scale", self.noise_scale, strict=False)
-        _check_scale("step_scale", self.step_scale, strict=True)
+    _parameter_constraints = {**GradientAttack._parameter_constraints, "noise_scale": [Real(0, None)],
+                              "step_scale": [Real(0, None, closed="neither")]}
 
     def _attack(self, module, X, y, target):
         eps = float(self.eps)

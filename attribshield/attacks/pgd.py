@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._params import Real
 from ._base import GradientAttack
 from ._threat import project, random_start, step
 
@@ -155,12 +156,8 @@ class GuidedPGD(PGD):
         self.spurious_scale = spurious_scale
         self.relevant_scale = relevant_scale
 
-    def _validate_params(self):
-        super()._validate_params()
-        for name in ("spurious_scale", "relevant_scale"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+    _parameter_constraints = {**PGD._parameter_constraints,
+                              "spurious_scale": [Real(0, None)], "relevant_scale": [Real(0, None)]}
 
     def _budget(self, X, mask):
         if mask is None or self.norm != "Linf":

@@ -1,11 +1,10 @@
 """TRADES: the KL attack and the clean-plus-KL training objective (Zhang et al., 2019)."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from .._params import Real
 from ._base import GradientAttack
 from ._threat import project, step
 
@@ -61,11 +60,7 @@ class TRADES(GradientAttack):
         self.norm = norm
         self.random_state = random_state
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        b = self.beta
-        if isinstance(b, bool) or not isinstance(b, numbers.Real) or not b >= 0:
-            raise ValueError(f"beta must be a number >= 0, got {b!r}")
+    _parameter_constraints = {**GradientAttack._parameter_constraints, "beta": [Real(0, None)]}
 
     provides_objective = True  # the estimator trains on objective(), not on CE(f(x_adv), y)
 

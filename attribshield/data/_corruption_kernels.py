@@ -13,12 +13,13 @@ re-implementation differs from the published generator is listed in ``docs/data.
 from __future__ import annotations
 
 import io
-import numbers
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from attribshield._params import Integral, check_param
+from attribshield._utils import numpy_rng
 from attribshield.data._frost import frost_textures
 
 __all__ = ["CORRUPTIONS", "EXTRA_CORRUPTIONS", "ALL_CORRUPTIONS", "SEVERITIES", "PARAMETERS", "corrupt"]
@@ -392,22 +393,9 @@ def _check_name(name):
     return name
 
 
-def _check_severity(severity):
-    if isinstance(severity, (bool, np.bool_)) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+def _check_severity(severity, owner="corrupt"):
+    check_param(owner, "severity", severity, [Integral(1, 5)])
     return int(severity)
-
-
-def _as_rng(random_state):
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, np.random.RandomState):
-        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
-    if random_state is None or isinstance(random_state, np.random.SeedSequence):
-        return np.random.default_rng(random_state)
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral):
-        raise ValueError(f"random_state must be None, an int or a numpy Generator, got {random_state!r}")
-    return np.random.default_rng(int(random_state))
 
 
 def _check_batch(X, name="X"):
@@ -487,7 +475,7 @@ def corrupt(X, name, severity, random_state=None, *, quantize=True):
     is_tensor = isinstance(X, torch.Tensor)
     arr = _check_batch(X)
     in_dtype = X.dtype if is_tensor else arr.dtype
-    rng = _as_rng(random_state)
+    rng = numpy_rng(random_state)
     x = arr.astype(np.float64).transpose(0, 2, 3, 1)
     if arr.dtype == np.uint8:
         x /= 255.0

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attribshield._params import Integral, check_param
 from attribshield._validation import check_images, check_labels
 from attribshield.data._corruption_kernels import (
     ALL_CORRUPTIONS,
@@ -82,15 +83,12 @@ def _check_corruptions(corruptions):
 def _check_severities(severities):
     sev = _check_list(severities, "severities")
     sev = list(SEVERITIES) if sev is None else sev
-    return [_check_severity(s) for s in sev]
+    return [_check_severity(s, "cifar10c") for s in sev]
 
 
 def _check_n_images(n_images):
-    if n_images is None:
-        return None
-    if isinstance(n_images, (bool, np.bool_)) or not isinstance(n_images, numbers.Integral) or n_images < 1:
-        raise ValueError(f"n_images must be a positive integer or None, got {n_images!r}")
-    return int(n_images)
+    check_param("cifar10c", "n_images", n_images, [None, Integral(1, None)])
+    return None if n_images is None else int(n_images)
 
 
 def _read_labels(root):
@@ -298,10 +296,8 @@ def build_cifar10c(source, out_dir, corruptions=None, severities=SEVERITIES, *, 
     names = _check_corruptions(corruptions)
     sevs = sorted(set(_check_severities(severities)))
     n_images = _check_n_images(n_images)
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state, numbers.Integral) or random_state < 0:
-        raise ValueError(f"random_state must be a non-negative int (it names the cache), got {random_state!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_param("build_cifar10c", "random_state", random_state, [Integral(0, None)])  # it names the cache
+    check_param("build_cifar10c", "chunk_size", chunk_size, [Integral(1, None)])
     if out_dir is None or not isinstance(out_dir, (str, os.PathLike)):
         raise ValueError(f"out_dir must be a path, got {out_dir!r}")
     X, y = _source_arrays(source, verify)

@@ -16,6 +16,7 @@ import numbers
 import numpy as np
 import torch
 
+from .._utils import numpy_rng
 from ..explainers.segmentation import default_segmenter
 
 __all__ = ["CORNERS", "plant_shortcut", "shortcut_palette", "shortcut_pixel_mask", "shortcut_segment_mask"]
@@ -101,18 +102,6 @@ def shortcut_palette(n_classes, n_channels=3, dtype="float32") -> np.ndarray:
         raise ValueError(f"dtype must be uint8 or a float dtype, got {dt}")
     levels = _palette_levels(int(n_classes), int(n_channels))
     return levels if dt == np.uint8 else (levels.astype(np.float64) / 255.0).astype(dt)
-
-
-def _as_rng(random_state) -> np.random.Generator:
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if isinstance(random_state, np.random.RandomState):
-        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
-    if random_state is None or isinstance(random_state, np.random.SeedSequence):
-        return np.random.default_rng(random_state)
-    if not _is_int(random_state) or random_state < 0:
-        raise ValueError(f"random_state must be None, an int >= 0 or a numpy Generator, got {random_state!r}")
-    return np.random.default_rng(int(random_state))
 
 
 def _check_images(X):
@@ -264,7 +253,7 @@ def plant_shortcut(X, y, *, rho=1.0, patch_size=4, label_shift=0, n_classes=None
         raise ValueError(f"rho={rho} < 1 needs n_classes >= 2 (a wrong class to draw), got n_classes={n_classes}")
     if not isinstance(return_info, (bool, np.bool_)):
         raise ValueError(f"return_info must be a bool, got {return_info!r}")
-    rng = _as_rng(random_state)
+    rng = numpy_rng(random_state)
     levels = _palette_levels(n_classes, c)
 
     # ---- draws (NumPy, CPU, fixed order)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._params import Integral, check_param
 from .._utils import check_batch_size
 from .._validation import check_labels
 from ..base import get_module
@@ -66,13 +66,12 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
     [1, 5]
     """
     get_module(model)
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, "corruption_accuracy")
     sevs = list(severities)
     if not sevs:
         raise ValueError("severities must not be empty")
     for s in sevs:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= 5:
-            raise ValueError(f"severities must be integers in 1..5, got {s!r}")
+        check_param("corruption_accuracy", "severities entries", s, [Integral(1, 5)])
     sevs = [int(s) for s in sevs]
     precomputed = isinstance(X, Mapping)
     if corruptions is None:
@@ -99,8 +98,7 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
             raise ValueError(f"unknown corruptions {unknown}; known: {sorted(known)}")
         y = check_labels(y, len(X))
         X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
-    if random_state is not None and (isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral)):
-        raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+    check_param("corruption_accuracy", "random_state", random_state, [None, Integral(0, None)])
     table = {name: {} for name in corruptions}
     pairs = [(name, s) for name in corruptions for s in sevs]
     if progress:

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._params import Integral, check_param
 from .._utils import channels_last_copy, check_flag
-from .._validation import check_images, check_labels, check_positive
+from .._validation import check_images, check_labels
 from ..attacks import PGD
 from ..base import get_module
 from ..bounds import attribution_lower_bound, bound_violation_rate, minimal_adversarial_distortion
@@ -137,6 +138,23 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _accuracy_axis(ax) -> None:
+    """The y axis of an accuracy in [0, 1] (a little margin), with a light grid."""
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+
+
+def _save_figure(fig, ax, path) -> None:
+    """Add the legend, lay out, write ``path`` at 120 dpi and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot_curve(results, path):
     import matplotlib
 
@@ -151,13 +169,8 @@ def _plot_curve(results, path):
         if rob.get(key) is not None:
             ax.plot([rob["eps"]], [rob[key]], mk, label=label)
     ax.set_xlabel(f"eps ({rob['norm']})")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _accuracy_axis(ax)
+    _save_figure(fig, ax, path)
 
 
 def _plot_corruptions(results, path):
@@ -172,10 +185,7 @@ def _plot_corruptions(results, path):
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("accuracy (mean over severities)")
     ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, ax, path)
 
 
 def _plot_occlusion(results, path):
@@ -192,14 +202,9 @@ def _plot_occlusion(results, path):
             xs, ys = [0] + xs, [occ["clean_accuracy"]] + ys
         ax.plot(xs, ys, mk, label=mode)
     ax.set_xlabel(f"occluded segments k (of {occ.get('segments', '?')})")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
     ax.set_xticks(sorted(set([0] + ks)))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _accuracy_axis(ax)
+    _save_figure(fig, ax, path)
 
 
 def _plot_bounds(results, path):
@@ -215,10 +220,7 @@ def _plot_bounds(results, path):
     ax.set_xlabel(f"smallest distortion found ({bd['norm']})")
     ax.set_ylabel("lower bound")
     ax.set_title(f"violation rate {bd['violation_rate']:.3f}" if bd.get("violation_rate") is not None else "")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, ax, path)
 
 
 def write_report(results: dict, out_dir) -> dict:
@@ -379,8 +381,7 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     >>> res["occlusion"]["k"], len(res["occlusion"]["attributed"])
     ([1, 2], 2)
     """
-    if isinstance(stability, bool) or not isinstance(stability, (int, np.integer)) or stability < 0:
-        raise ValueError(f"stability must be an integer >= 0 (images to compare), got {stability!r}")
+    check_param("evaluate_model", "stability", stability, [Integral(0, None)])
     channels_last = check_flag(channels_last, "channels_last")
     Xt = check_images(X)
     yt = check_labels(y, Xt.shape[0])
@@ -389,9 +390,7 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         occlusion = DEFAULT_OCCLUSION
     if occlusion is not None and occlusion is not False:
         occ_k, _ = _check_ks(occlusion if isinstance(occlusion, (list, tuple, range, np.ndarray)) else [occlusion])
-        check_positive(occlusion_samples, "occlusion_samples", integer=True)
-        if int(occlusion_samples) < 2:
-            raise ValueError(f"occlusion_samples must be an integer >= 2, got {occlusion_samples!r}")
+        check_param("evaluate_model", "occlusion_samples", occlusion_samples, [Integral(2, None)])
         n_seg = int(default_segmenter(*Xt.shape[2:]).segment(Xt[:1]).max()) + 1
         if max(occ_k) > n_seg:
             raise ValueError(f"occlusion k={max(occ_k)} is larger than the number of segments ({n_seg})")

@@ -11,25 +11,25 @@ non-robust, as in AutoAttack.
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 
 import torch
 from torch import nn
 
+from .._params import Integral, Real, check_param
 from .._utils import (
     batches,
     channels_last_copy,
     check_batch_size,
     check_eps,
     check_flag,
+    check_method,
     predict,
     prepare,
     quiet,
     to_numpy,
 )
-from .._validation import check_positive
 from ..attacks import PGD, project
 from ..attacks._threat import check_norm
 from ..base import eval_mode
@@ -68,7 +68,7 @@ def clean_accuracy(model, X, y, *, batch_size=256, return_per_sample=False):
     -------
     accuracy : float in [0, 1], or numpy.ndarray of shape (N,), bool
     """
-    batch_size = check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size, "clean_accuracy")
     module, X, y, _ = prepare(model, X, y)
     with eval_mode(module):
         pred = predict(module, X, batch_size)
@@ -105,9 +105,8 @@ def robust_accuracy(model, X, y, attacker, *, batch_size=256, return_per_sample=
     >>> robust_accuracy(model, X, y, PGD(eps=0.0)) == clean_accuracy(model, X, y)
     True
     """
-    if not hasattr(attacker, "perturb"):
-        raise ValueError(f"attacker must have a perturb(model, X, y) method, got {type(attacker).__name__}")
-    batch_size = check_batch_size(batch_size)
+    check_method(attacker, "attacker", "perturb", "model, X, y")
+    batch_size = check_batch_size(batch_size, "robust_accuracy")
     module, X, y, _ = prepare(model, X, y)
     with eval_mode(module):
         correct = predict(module, X, batch_size) == y
@@ -143,16 +142,20 @@ class _LogitsModule(nn.Module):
         return self.inner(x).float()
 
 
-def _check_norm_eps(eps, norm):
+def _check_norm_eps(eps, norm, owner):
     check_norm(norm)
-    return check_eps(eps)
+    return check_eps(eps, owner=owner)
 
 
-def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample, progress=False,
-                           desc="attack"):
-    """Shared loop: attack still-correct points with a torchattacks attack built by ``build``."""
+def _torchattacks_accuracy(attack, options, module, X, y, eps, norm, batch_size, seed, return_per_sample,
+                           progress=False, desc="attack"):
+    """Shared loop: attack still-correct points with ``torchattacks.<attack>``.
+
+    The attack is built around the eval-mode wrapper with ``norm``, ``eps``, ``seed`` (0 for
+    ``None``), ``verbose=False`` and the other keyword arguments in ``options``.
+    """
     try:
-        import torchattacks  # noqa: F401
+        import torchattacks
     except ImportError as exc:  # pragma: no cover - torchattacks is a test dependency
         raise ImportError("this evaluator needs torchattacks: pip install torchattacks") from exc
     device = X.device
@@ -162,7 +165,8 @@ def _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, ret
         if eps == 0:
             return _finish(correct, return_per_sample)
         with quiet():
-            atk = build(wrapped)
+            atk = getattr(torchattacks, attack)(wrapped, norm=norm, eps=eps, seed=seed if seed is not None else 0,
+                                                verbose=False, **options)
             atk.set_device(device)
         idx = correct.nonzero().flatten()
         # torchattacks reseeds torch's global generator; keep the caller's stream untouched
@@ -228,12 +232,11 @@ def autoattack_accuracy(model, X, y, eps, norm="Linf", version="standard", n_cla
     around an eval-mode wrapper that returns float32 logits, and its device is set from the
     data, so modules without parameters work too.
     """
-    eps = _check_norm_eps(eps, norm)
+    eps = _check_norm_eps(eps, norm, "autoattack_accuracy")
     if version not in ("standard", "plus", "rand"):
         raise ValueError(f"version must be 'standard', 'plus' or 'rand', got {version!r}")
-    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral) or n_classes < 2:
-        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
-    batch_size = check_batch_size(batch_size)
+    check_param("autoattack_accuracy", "n_classes", n_classes, [Integral(2, None)])
+    batch_size = check_batch_size(batch_size, "autoattack_accuracy")
     module, X, y, _ = prepare(model, X, y)
     if int(y.max()) >= n_classes:
         raise ValueError(f"y contains labels >= n_classes={n_classes} (max {int(y.max())})")
@@ -244,15 +247,9 @@ def autoattack_accuracy(model, X, y, eps, norm="Linf", version="standard", n_cla
     if version != "rand" and n_classes < 4:
         raise ValueError(f"AutoAttack version={version!r} needs n_classes >= 4 (its targeted DLR loss uses "
                          f"the 4 largest logits), got {n_classes}; use version='rand'")
-
-    def build(m):
-        import torchattacks
-
-        return torchattacks.AutoAttack(m, norm=norm, eps=eps, version=version, n_classes=int(n_classes),
-                                       seed=seed if seed is not None else 0, verbose=False)
-
-    return _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample,
-                                  progress=progress, desc=f"AutoAttack ({version})")
+    return _torchattacks_accuracy("AutoAttack", dict(version=version, n_classes=int(n_classes)), module, X, y,
+                                  eps, norm, batch_size, seed, return_per_sample, progress=progress,
+                                  desc=f"AutoAttack ({version})")
 
 
 def square_accuracy(model, X, y, eps, norm="Linf", n_queries=5000, *, n_restarts=1, p_init=0.8, seed=0,
@@ -289,22 +286,15 @@ def square_accuracy(model, X, y, eps, norm="Linf", n_queries=5000, *, n_restarts
     Andriushchenko et al., "Square Attack: a query-efficient black-box adversarial attack via
     random search", ECCV 2020.
     """
-    eps = _check_norm_eps(eps, norm)
-    check_positive(n_queries, "n_queries", integer=True)
-    check_positive(n_restarts, "n_restarts", integer=True)
-    if isinstance(p_init, bool) or not isinstance(p_init, numbers.Real) or not 0 < p_init <= 1:
-        raise ValueError(f"p_init must be a number in (0, 1], got {p_init!r}")
-    batch_size = check_batch_size(batch_size)
+    eps = _check_norm_eps(eps, norm, "square_accuracy")
+    check_param("square_accuracy", "n_queries", n_queries, [Integral(1, None)])
+    check_param("square_accuracy", "n_restarts", n_restarts, [Integral(1, None)])
+    check_param("square_accuracy", "p_init", p_init, [Real(0, 1, closed="right")])
+    batch_size = check_batch_size(batch_size, "square_accuracy")
     module, X, y, _ = prepare(model, X, y)
-
-    def build(m):
-        import torchattacks
-
-        return torchattacks.Square(m, norm=norm, eps=eps, n_queries=int(n_queries), n_restarts=int(n_restarts),
-                                   p_init=float(p_init), loss="margin", resc_schedule=True,
-                                   seed=seed if seed is not None else 0, verbose=False)
-
-    return _torchattacks_accuracy(build, module, X, y, eps, norm, batch_size, seed, return_per_sample)
+    options = dict(n_queries=int(n_queries), n_restarts=int(n_restarts), p_init=float(p_init), loss="margin",
+                   resc_schedule=True)
+    return _torchattacks_accuracy("Square", options, module, X, y, eps, norm, batch_size, seed, return_per_sample)
 
 
 # --------------------------------------------------------------------------- curves, report
@@ -330,7 +320,7 @@ def accuracy_vs_eps(model, X, y, eps_values, norm="Linf", *, steps=20, restarts=
         ``{"eps": list of float, "accuracy": list of float}``.
     """
     check_norm(norm)
-    eps_values = [check_eps(e, "eps_values entries") for e in eps_values]
+    eps_values = [check_eps(e, "eps_values entries", "accuracy_vs_eps") for e in eps_values]
     if not eps_values:
         raise ValueError("eps_values must not be empty")
     acc = []
@@ -413,8 +403,8 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
     ones, accuracy must not rise with the radius, and an unbounded attack must reach
     (almost) 100% success.  A flag is a reason to look closer, not a proof of masking.
     """
-    eps = _check_norm_eps(eps, norm)
-    batch_size = check_batch_size(batch_size)
+    eps = _check_norm_eps(eps, norm, "robustness_report")
+    batch_size = check_batch_size(batch_size, "robustness_report")
     channels_last = check_flag(channels_last, "channels_last")
     module, Xt, yt, _ = prepare(model, X, y)
     n = Xt.shape[0]
@@ -423,8 +413,11 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
     pgd._validate_params()
     if eps_grid is None:
         eps_grid = [eps * f for f in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)]
-    eps_grid = sorted(check_eps(e, "eps_grid entries") for e in eps_grid)
-    large = _default_large_eps(norm, Xt) if large_eps is None else check_eps(large_eps, "large_eps")
+    eps_grid = sorted(check_eps(e, "eps_grid entries", "robustness_report") for e in eps_grid)
+    if large_eps is None:
+        large = _default_large_eps(norm, Xt)
+    else:
+        large = check_eps(large_eps, "large_eps", "robustness_report")
     if channels_last:
         module = channels_last_copy(module)
 

@@ -1,14 +1,13 @@
 """Attribution stability: how much an adversarial perturbation changes a LIME explanation."""
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 from sklearn.base import clone
 
-from .._utils import batches, check_batch_size, prepare, to_numpy
+from .._params import Integral, check_param
+from .._utils import batches, check_batch_size, check_method, prepare, to_numpy
 from ..base import eval_mode
 
 __all__ = ["attribution_stability", "topk_intersection", "segment_spearman"]
@@ -44,8 +43,7 @@ def topk_intersection(weights_a, weights_b, k, valid=None) -> np.ndarray:
     a, b = to_numpy(weights_a).astype(float), to_numpy(weights_b).astype(float)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"weights must be two arrays of the same (N, S) shape, got {a.shape} and {b.shape}")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    check_param("topk_intersection", "k", k, [Integral(1, None)])
     valid = np.ones(a.shape, bool) if valid is None else to_numpy(valid).astype(bool)
     sa, sb = _topk_sets(a, valid, int(k)), _topk_sets(b, valid, int(k))
     return np.array([len(p & q) / max(len(p), 1) for p, q in zip(sa, sb)], dtype=float)
@@ -104,13 +102,10 @@ def attribution_stability(model, X, y, attacker, explainer, k=3, *, batch_size=2
         ``attack_success`` (N,) bool (prediction changed by the attack), ``k``, and the two
         explanations ``clean`` and ``adversarial`` (:class:`Attribution`).
     """
-    if not hasattr(attacker, "perturb"):
-        raise ValueError(f"attacker must have a perturb(model, X, y) method, got {type(attacker).__name__}")
-    if not hasattr(explainer, "explain"):
-        raise ValueError(f"explainer must have an explain(model, X, target) method, got {type(explainer).__name__}")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    batch_size = check_batch_size(batch_size)
+    check_method(attacker, "attacker", "perturb", "model, X, y")
+    check_method(explainer, "explainer", "explain", "model, X, target")
+    check_param("attribution_stability", "k", k, [Integral(1, None)])
+    batch_size = check_batch_size(batch_size, "attribution_stability")
     module, X, y, _ = prepare(model, X, y)
     X_adv = torch.cat([attacker.perturb(module, X[s], y[s]) for s in batches(X.shape[0], batch_size)])
     with eval_mode(module), torch.no_grad():

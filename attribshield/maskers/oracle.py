@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._utils import check_method
 from ..base import Component, eval_mode, get_module
 from ..data.shortcut import shortcut_palette
 from ..explainers import Attribution
@@ -532,9 +533,8 @@ class OracleMasker(_SegmentMasker):
         """
         self._validate_params()
         self._check_attacker(attacker)
-        segmenter = getattr(explainer, "segmenter", None)
-        if segmenter is not None and not hasattr(segmenter, "segment"):
-            raise ValueError(f"explainer.segmenter must have a segment(X) method, got {type(segmenter).__name__}")
+        segmenter = check_method(getattr(explainer, "segmenter", None), "explainer.segmenter", "segment", "X",
+                                 optional=True)
         _, X, y = self._prepare(model, X, y, allow_no_model=True)
         att = self.explainer(segmenter=segmenter).explain(None, X, y)
         scores = self.segment_scores(att)

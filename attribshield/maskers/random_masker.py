@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .._utils import check_method
 from ..explainers.segmentation import default_segmenter
 from .lime_masker import SpuriousSelection, _SegmentMasker
 
@@ -171,9 +172,8 @@ class RandomMasker(_SegmentMasker):
         """
         self._validate_params()
         self._check_attacker(attacker)
-        segmenter = getattr(explainer, "segmenter", None)
-        if segmenter is not None and not hasattr(segmenter, "segment"):
-            raise ValueError(f"explainer.segmenter must have a segment(X) method, got {type(segmenter).__name__}")
+        segmenter = check_method(getattr(explainer, "segmenter", None), "explainer.segmenter", "segment", "X",
+                                 optional=True)
         _, X, _ = self._prepare(model, X, y, allow_no_model=True)
         device = X.device
         if segmenter is None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..base import Component, get_module
-from ._common import _is_real
+from .._params import Real, validate_params
+from ..base import Component
+from ._common import _check_batch
 
 __all__ = ["GradAlign"]
 
@@ -116,11 +117,10 @@ class GradAlign(Component):
         self.eps = eps
         self.random_state = random_state
 
+    _parameter_constraints = {"weight": [Real(0, None)], "eps": [Real(0, None)]}
+
     def _validate_params(self) -> None:
-        if not _is_real(self.weight) or self.weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {self.weight!r}")
-        if not _is_real(self.eps) or self.eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+        validate_params(self)
 
     @staticmethod
     def _zero(X: torch.Tensor) -> torch.Tensor:
@@ -166,19 +166,8 @@ class GradAlign(Component):
             Invalid ``weight`` or ``eps``; ``X`` not a float tensor ``(N, C, H, W)``; ``y``
             not integer labels of shape ``(N,)``.
         """
-        self._validate_params()
-        module = get_module(model)
-        if not isinstance(X, torch.Tensor) or X.ndim != 4 or not X.is_floating_point():
-            raise ValueError(
-                f"X must be a float tensor of shape (N, C, H, W), got {type(X).__name__} "
-                f"of shape {tuple(getattr(X, 'shape', ()))}"
-            )
-        n = X.shape[0]
-        y = torch.as_tensor(y, device=X.device)
-        if y.shape != (n,) or y.is_floating_point() or y.dtype == torch.bool:
-            raise ValueError(f"y must be integer labels of shape ({n},), got {y.dtype} of shape {tuple(y.shape)}")
-        X, y = X.detach(), y.long()
-        if float(self.weight) == 0.0 or float(self.eps) == 0.0 or n == 0:
+        module, X, y = _check_batch(self, model, X, y)
+        if float(self.weight) == 0.0 or float(self.eps) == 0.0 or X.shape[0] == 0:
             return self._zero(X)
         u = torch.rand(X.shape, generator=self._generator(X.device), device=X.device, dtype=X.dtype)
         X_noisy = (X + (2 * u - 1) * float(self.eps)).clamp(0, 1)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import _is_real, _MaskedPenalty
+from .._params import Real
+from ._common import _MaskedPenalty
 
 __all__ = ["SpuriousSensitivityPenalty"]
 
@@ -62,30 +63,15 @@ class SpuriousSensitivityPenalty(_MaskedPenalty):
         self.h = h
         self.random_state = random_state
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if not _is_real(self.h) or not self.h > 0:
-            raise ValueError(f"h must be a finite number > 0, got {self.h!r}")
+    _parameter_constraints = {**_MaskedPenalty._parameter_constraints, "h": [Real(0, None, closed="neither")]}
 
     def penalty(self, model, X, y, mask) -> torch.Tensor:
         """Return the penalty for a batch.
 
-        Parameters
-        ----------
-        model : torch.nn.Module or fitted RobustAttributionClassifier
-            Returns logits ``(N, K)``.  Its mode is not changed.
-        X : torch.Tensor of shape (N, C, H, W)
-            Clean images (on the model's device).
-        y : torch.Tensor of shape (N,)
-            True labels.
-        mask : torch.Tensor of shape (N, 1, H, W) or (N, C, H, W), values in [0, 1]
-            Spurious pixels (1 = probed).
-
-        Returns
-        -------
-        torch.Tensor, scalar, float32, >= 0
-            Differentiable with respect to the parameters; a zero that still supports
-            ``backward()`` when ``weight == 0`` or the mask is empty.
+        Arguments, result and errors as in :meth:`SpuriousGradientPenalty.penalty` (whose
+        estimate this is): ``mask`` marks the spurious pixels, the ones probed here; the result
+        is a float32 scalar >= 0, differentiable with respect to the parameters, and a zero
+        that still supports ``backward()`` when ``weight == 0`` or the mask is empty.
         """
         module, X, y, mask, empty = self._prepare(model, X, y, mask)
         if empty:
