@@ -33,30 +33,17 @@ from torch import nn
 from .._params import Integral, Options, Real, validate_params
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module
+from ._attribution import Attribution
+from ._lime_math import _r2, fill_segments, lime_kernel, segment_means
+from ._model import _checked_logits, _forward_logits, _is_int, _module_and_images, _module_device, _module_dtype
 from ._sampling import draw_masks
-from .lime import (
-    Attribution,
-    LimeExplainer,
-    _is_int,
-    _module_device,
-    _module_dtype,
-    _r2,
-    fill_segments,
-    lime_kernel,
-    segment_means,
-)
-from .segmentation import default_segmenter
+from .segmentation import _check_segments, _has_segment, default_segmenter
 
 __all__ = ["AmortizedLimeExplainer"]
 
 # perturbed images per classifier call during training, and images per explain chunk
 _EVAL_CHUNK = 512
 _EXPLAIN_CHUNK = 256
-
-
-def _has_segment(v) -> bool:
-    """an object with a segment(X) method"""
-    return hasattr(v, "segment")
 
 
 # --------------------------------------------------------------------------- network
@@ -400,29 +387,15 @@ class AmortizedLimeExplainer(Component):
 
     # ----------------------------------------------------------------- classifier
     def _logits(self, module, X) -> torch.Tensor:
-        if self.channels_last:
-            X = X.contiguous(memory_format=torch.channels_last)
-        if self.autocast is not None:
-            dt = torch.bfloat16 if self.autocast == "bf16" else torch.float16
-            with torch.autocast(device_type=X.device.type, dtype=dt):
-                return module(X)
-        return module(X)
+        return _forward_logits(module, X, channels_last=self.channels_last, autocast=self.autocast)
 
     def _clean_pass(self, module, X, target):
         """Probabilities ``(N, K)`` (float32) of the clean images and the target ``(N,)``.
 
         ``target`` is ``None`` (predicted class) or an already validated ``(N,)`` tensor.
         """
-        n, c, h, w = X.shape
-        try:
-            with torch.no_grad():
-                logits = self._logits(module, X)
-        except (RuntimeError, TypeError, IndexError) as exc:
-            raise ValueError(
-                f"the module rejected images of shape (N, {c}, {h}, {w}) (wrong channel count or size?): {exc}"
-            ) from exc
-        if logits.ndim != 2:
-            raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
+        with torch.no_grad():
+            logits = _checked_logits(lambda x: self._logits(module, x), X)
         probs = torch.softmax(logits.float(), 1)
         return probs, (probs.argmax(1) if target is None else target)
 
@@ -455,8 +428,7 @@ class AmortizedLimeExplainer(Component):
     # ----------------------------------------------------------------- surrogate
     def _segments(self, X, segments) -> torch.Tensor:
         if segments is not None:
-            # the same checks and relabelling as LimeExplainer (they use no state of self)
-            return LimeExplainer._check_segments(self, segments, X)
+            return _check_segments(segments, X)  # the checks and relabelling of every explainer
         n, _, h, w = X.shape
         segmenter = self.segmenter if self.segmenter is not None else default_segmenter(h, w)
         return segmenter.segment(X).to(X.device).long()
@@ -502,10 +474,7 @@ class AmortizedLimeExplainer(Component):
 
     def _inputs(self, model, X, target):
         """Validate ``model``, ``X`` and ``target``; ``X`` on the module's device and dtype."""
-        module = get_module(model)
-        X = check_images(X)
-        device = _module_device(module, X)
-        X = X.to(device=device, dtype=_module_dtype(module, X))
+        module, X, device = _module_and_images(model, X)
         if target is not None:
             if _is_int(target) or (isinstance(target, torch.Tensor) and target.ndim == 0):
                 target = [int(target)] * X.shape[0]

@@ -16,48 +16,24 @@ input gradient (e.g. the one an FGSM step computed).
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module
-from .lime import Attribution, _fill_image, _is_int, _module_device, _module_dtype
-from .segmentation import default_segmenter, relabel_consecutive
+from .._params import Options, Real, check_param
+from .._validation import check_labels
+from ..base import Component, eval_mode
+from ._attribution import Attribution
+from ._lime_math import _fill_image
+from ._model import _checked_logits, _is_int, _module_and_images
+from .segmentation import _check_segments, default_segmenter
 
 __all__ = ["GradientExplainer", "attribute_from_grad", "OUTPUTS"]
 
 OUTPUTS = ("proba", "log_proba")
 
 
-def _check_fill(fill) -> None:
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}")
-        return
-    if isinstance(fill, bool) or not isinstance(fill, numbers.Real) or not math.isfinite(float(fill)):
-        raise ValueError(f"fill must be 'mean' or a finite number, got {fill!r}")
-
-
-def _check_segments(segments, X) -> torch.Tensor:
-    """Integer labels ``(N, H, W)`` on ``X``'s device, relabelled to ``0..S_n-1`` if needed."""
-    n, _, h, w = X.shape
-    seg = torch.as_tensor(segments, device=X.device)
-    if seg.ndim == 2:
-        seg = seg[None]
-    if seg.ndim != 3 or tuple(seg.shape[1:]) != (h, w) or seg.shape[0] not in (1, n):
-        raise ValueError(f"segments must have shape (N, H, W) = ({n}, {h}, {w}), got {tuple(seg.shape)}")
-    if (seg.is_floating_point() or seg.dtype == torch.bool) and not bool((seg == seg.round()).all()):
-        raise ValueError("segments must hold integer labels")
-    seg = seg.long().expand(n, h, w)
-    if bool((seg < 0).any()):
-        raise ValueError("segments must hold labels >= 0")
-    flat = seg.reshape(n, -1)
-    present = torch.zeros(n, int(flat.max()) + 1, dtype=torch.bool, device=seg.device)
-    present.scatter_(1, flat, True)
-    if bool((present.sum(1) != flat.amax(1) + 1).any()):
-        return relabel_consecutive(seg)
-    return seg.contiguous()
+def _check_fill(fill, owner) -> None:
+    check_param(owner, "fill", fill, [Options("mean"), Real()])
 
 
 def attribute_from_grad(X, grad, segments, target, *, fill="mean", value=None) -> Attribution:
@@ -115,7 +91,7 @@ def attribute_from_grad(X, grad, segments, target, *, fill="mean", value=None) -
     >>> attribute_from_grad(X, grad, seg, 0, fill=0.0).weights
     tensor([[2., 0., 0., 0.]])
     """
-    _check_fill(fill)
+    _check_fill(fill, "attribute_from_grad")
     if not isinstance(X, torch.Tensor) or X.ndim != 4 or not X.is_floating_point():
         raise ValueError(f"X must be a float tensor of shape (N, C, H, W), got {getattr(X, 'shape', type(X))}")
     n, c, h, w = X.shape
@@ -243,7 +219,7 @@ class GradientExplainer(Component):
     def _validate_params(self) -> None:
         if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
             raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
-        _check_fill(self.fill)
+        _check_fill(self.fill, "GradientExplainer")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
         if not _is_int(self.batch_size) or self.batch_size < 1:
@@ -285,11 +261,8 @@ class GradientExplainer(Component):
         self._validate_params()
         if samples is not None:
             raise ValueError("samples must be None: GradientExplainer draws no perturbation samples")
-        module = get_module(model)
-        X = check_images(X)
+        module, X, device = _module_and_images(model, X)
         n, c, h, w = X.shape
-        device = _module_device(module, X)
-        X = X.to(device=device, dtype=_module_dtype(module, X))
         if target is not None:
             if _is_int(target) or (isinstance(target, torch.Tensor) and target.ndim == 0):
                 target = [int(target)] * n
@@ -307,15 +280,7 @@ class GradientExplainer(Component):
             for a in range(0, n, bs):
                 b = min(a + bs, n)
                 xa = X[a:b].detach().clone().requires_grad_(True)
-                try:
-                    logits = module(xa)
-                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    raise ValueError(
-                        f"the module rejected images of shape (N, {c}, {h}, {w}) "
-                        f"(wrong channel count or size?): {exc}"
-                    ) from exc
-                if logits.ndim != 2:
-                    raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
+                logits = _checked_logits(module, xa)
                 if a == 0 and target is not None:
                     check_labels(target, n, name="target", n_classes=logits.shape[1])
                 t = logits.detach().argmax(1) if target is None else target[a:b]

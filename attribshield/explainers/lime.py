@@ -7,24 +7,38 @@ built on the module's device in bounded chunks, the model runs on large batches 
 ``no_grad`` in eval mode, and the ridge regressions are solved in closed form, one small
 ``S x S`` system per image, all images together (in float64).
 
-:class:`Attribution` is the result: segment weights plus everything needed to map them back to
-pixels, rank segments, plot them, move them between devices and subset them.
+The pieces live in private modules: the result type :class:`Attribution` in
+``_attribution.py``, LIME's arithmetic (fills, kernel, ridge) in ``_lime_math.py``, and what
+adapts the classifier (device and dtype, forward passes, :func:`fuse_conv_bn`) in
+``_model.py``.  Its public names are re-exported here (``__all__``), so existing
+``from attribshield.explainers.lime import ...`` lines keep working.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-from dataclasses import dataclass, fields
+import warnings
+import weakref
 
-import numpy as np
 import torch
 
-from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module, make_generator
+from .._params import Integral, Options, Real, validate_params
+from .._validation import check_labels
+from ..base import Component, eval_mode, make_generator
+from ._attribution import Attribution
+from ._lime_math import (
+    _fill_image,
+    _logit_control_variate,
+    _r2,
+    fill_segments,
+    lime_kernel,
+    segment_means,
+    weighted_ridge,
+)
+from ._model import _checked_logits, _forward_logits, _is_int, _module_and_images, fuse_conv_bn
 from ._quantize import quantize_int8
 from ._quantize import quantized_engine as _int8_engine
 from ._sampling import SAMPLINGS, draw_masks
-from .segmentation import MIN_SEGMENTS, default_segmenter
+from .segmentation import MIN_SEGMENTS, _check_segments, _has_segment, default_segmenter
 
 __all__ = [
     "Attribution",
@@ -39,383 +53,6 @@ __all__ = [
 # images per chunk is chosen so that one chunk holds about this many perturbed samples
 # (masks, probabilities and the regression design: ~40 bytes per sample and segment).
 _SAMPLES_PER_CHUNK = 1 << 19
-
-
-# --------------------------------------------------------------------------- result
-@dataclass
-class Attribution:
-    """LIME explanations of a batch of images.
-
-    Attributes
-    ----------
-    segments : torch.Tensor of shape (N, H, W), int64
-        Segment label of every pixel, ``0..S_n-1`` for image ``n``.
-    weights : torch.Tensor of shape (N, S), float
-        Ridge coefficient of each segment (effect of keeping the segment on the target-class
-        probability).  ``S`` is the largest segment count in the batch; columns
-        ``>= S_n`` are padding, equal to 0 and ``False`` in :attr:`valid`.
-    valid : torch.Tensor of shape (N, S), bool
-        Which columns of :attr:`weights` are real segments.
-    intercept : torch.Tensor of shape (N,), float
-        Ridge intercept (predicted probability with every segment hidden).
-    score : torch.Tensor of shape (N,), float
-        Weighted R^2 of the surrogate on the perturbed samples (``lime``'s ``score``), <= 1.
-    target : torch.Tensor of shape (N,), int64
-        Explained class of each image.
-    """
-
-    segments: torch.Tensor
-    weights: torch.Tensor
-    valid: torch.Tensor
-    intercept: torch.Tensor
-    score: torch.Tensor
-    target: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.weights.shape[0])
-
-    def __getitem__(self, index) -> "Attribution":
-        """Subset by an int, slice, bool mask or index array (the batch dimension is kept)."""
-        if isinstance(index, (int, np.integer)):
-            index = slice(int(index), int(index) + 1) if index != -1 else slice(-1, None)
-        elif not isinstance(index, slice):
-            index = torch.as_tensor(np.asarray(index) if not isinstance(index, torch.Tensor) else index)
-            index = index.to(self.weights.device)
-        return Attribution(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    @property
-    def n_segments(self) -> torch.Tensor:
-        """Number of segments of each image, shape ``(N,)``."""
-        return self.valid.sum(1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights.device
-
-    def to(self, device) -> "Attribution":
-        """Return a copy with every tensor on ``device``."""
-        return Attribution(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
-
-    def cpu(self) -> "Attribution":
-        return self.to("cpu")
-
-    def numpy(self) -> dict:
-        """Return the fields as a dict of NumPy arrays (on the CPU)."""
-        return {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)}
-
-    def to_pixels(self) -> torch.Tensor:
-        """Spread each segment's weight over its pixels.
-
-        Returns
-        -------
-        torch.Tensor of shape (N, 1, H, W)
-            Constant within each segment, same dtype and device as :attr:`weights`.
-        """
-        n, h, w = self.segments.shape
-        pix = torch.gather(self.weights, 1, self.segments.reshape(n, h * w))
-        return pix.reshape(n, 1, h, w)
-
-    def top_segments(self, k: int) -> torch.Tensor:
-        """Indices of the ``k`` segments with the largest (most positive) weights.
-
-        Parameters
-        ----------
-        k : int
-            ``1 <= k <= S``.
-
-        Returns
-        -------
-        torch.Tensor of shape (N, k), int64
-            Sorted by weight, descending.  For an image with fewer than ``k`` segments the
-            last entries are padding columns (``>= S_n``), which match no pixel.
-        """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.weights.shape[1]:
-            raise ValueError(f"k must be an integer in [1, {self.weights.shape[1]}], got {k!r}")
-        ranked = self.weights.masked_fill(~self.valid, float("-inf"))
-        return torch.topk(ranked, int(k), dim=1, sorted=True).indices
-
-    def plot(self, images, k: int = 3, *, max_images: int = 8, cmap: str = "RdBu_r"):
-        """Plot images with their ``k`` most positive segments outlined, and the weight map.
-
-        Parameters
-        ----------
-        images : array-like or torch.Tensor of shape (N, C, H, W)
-            The explained images, in [0, 1].
-        k : int, default=3
-            Segments to outline (like ``lime``'s ``get_image_and_mask(positive_only=True)``).
-        max_images : int, default=8
-            Plot at most this many images (columns).
-        cmap : str, default="RdBu_r"
-            Colour map of the weight map (symmetric around 0).
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            Two rows: overlays and weight maps.
-        """
-        import matplotlib.pyplot as plt
-        from skimage.segmentation import mark_boundaries
-
-        X = check_images(images, name="images")
-        if X.shape[0] != len(self) or tuple(X.shape[2:]) != tuple(self.segments.shape[1:]):
-            raise ValueError(
-                f"images of shape {tuple(X.shape)} do not match the attribution "
-                f"({len(self)} images of size {tuple(self.segments.shape[1:])})"
-            )
-        n = min(len(self), int(max_images))
-        k = min(int(k), self.weights.shape[1])
-        top = self.top_segments(k)[:n].cpu()
-        seg = self.segments[:n].cpu()
-        pix = self.to_pixels()[:n, 0].detach().float().cpu()
-        imgs = X[:n].detach().cpu().permute(0, 2, 3, 1).double().numpy()
-        if imgs.shape[-1] == 1:
-            imgs = np.repeat(imgs, 3, axis=-1)
-        fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.2), squeeze=False)
-        for i in range(n):
-            keep = torch.isin(seg[i], top[i]).numpy()
-            overlay = imgs[i] * (0.35 + 0.65 * keep[..., None])
-            axes[0, i].imshow(mark_boundaries(overlay, keep.astype(int), color=(1, 1, 0)))
-            axes[0, i].set_title(f"class {int(self.target[i])}", fontsize=8)
-            lim = float(pix[i].abs().max()) or 1.0
-            axes[1, i].imshow(pix[i].numpy(), cmap=cmap, vmin=-lim, vmax=lim)
-            axes[1, i].set_title(f"R2 {float(self.score[i]):.2f}", fontsize=8)
-            for ax in axes[:, i]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        return fig
-
-
-# --------------------------------------------------------------------------- building blocks
-def segment_means(X: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-    """Replace every pixel by the per-channel mean colour of its segment.
-
-    Parameters
-    ----------
-    X : torch.Tensor of shape (N, C, H, W)
-    segments : torch.Tensor of shape (N, H, W), int64, labels ``0..S_n-1``
-
-    Returns
-    -------
-    torch.Tensor of shape (N, C, H, W)
-        ``lime``'s "fudged image" for ``hide_color=None``.
-    """
-    n, c, h, w = X.shape
-    s = int(segments.max()) + 1
-    flat = segments.reshape(n, 1, h * w).expand(n, c, h * w)
-    sums = torch.zeros(n, c, s, dtype=torch.float64, device=X.device)
-    sums.scatter_add_(2, flat, X.reshape(n, c, h * w).double())
-    counts = torch.zeros(n, 1, s, dtype=torch.float64, device=X.device)
-    counts.scatter_add_(2, flat[:, :1], torch.ones(n, 1, h * w, dtype=torch.float64, device=X.device))
-    means = sums / counts.clamp_min(1)
-    return torch.gather(means, 2, flat).reshape(n, c, h, w).to(X.dtype)
-
-
-def _fill_image(X: torch.Tensor, segments: torch.Tensor, fill) -> torch.Tensor:
-    """Image whose pixels replace hidden segments: ``(N, C, H, W)``, dtype of ``X``."""
-    if isinstance(fill, str):
-        if fill == "mean":
-            return segment_means(X, segments)
-        raise ValueError(f"fill must be 'mean', a number or a tensor of images, got {fill!r}")
-    if isinstance(fill, bool):
-        raise ValueError(f"fill must be 'mean', a number or a tensor of images, got {fill!r}")
-    if isinstance(fill, (int, float, np.integer, np.floating)):
-        if not math.isfinite(float(fill)):
-            raise ValueError(f"fill must be finite, got {fill!r}")
-        return torch.full_like(X, float(fill))
-    f = torch.as_tensor(fill, dtype=X.dtype, device=X.device)
-    try:
-        f = torch.broadcast_to(f, X.shape)
-    except RuntimeError as exc:
-        raise ValueError(f"fill of shape {tuple(f.shape)} does not broadcast to X of shape {tuple(X.shape)}") from exc
-    if not bool(torch.isfinite(f).all()):
-        raise ValueError("fill contains non-finite values")
-    return f
-
-
-def fill_segments(X, segments, keep, fill="mean") -> torch.Tensor:
-    """Build perturbed images: hidden segments are replaced by the fill.
-
-    Parameters
-    ----------
-    X : torch.Tensor of shape (N, C, H, W)
-        Images in [0, 1].
-    segments : torch.Tensor of shape (N, H, W), int64
-        Labels ``0..S_n-1``.
-    keep : torch.Tensor of shape (N, P, S) or (N, S), bool
-        ``True`` keeps the segment, ``False`` hides it (``S`` > every label).
-    fill : {"mean"}, float or tensor broadcastable to (N, C, H, W), default="mean"
-        ``"mean"``: each segment's mean colour (``lime``'s ``hide_color=None``); a number:
-        a constant colour; a tensor: a fill image (e.g. a blurred copy).
-
-    Returns
-    -------
-    torch.Tensor of shape (N, P, C, H, W) (or (N, C, H, W) when ``keep`` is 2-D)
-        Same dtype and device as ``X``.
-    """
-    squeeze = keep.ndim == 2
-    if squeeze:
-        keep = keep[:, None]
-    n, c, h, w = X.shape
-    if keep.shape[0] != n or segments.shape != (n, h, w):
-        raise ValueError(
-            f"inconsistent shapes: X {tuple(X.shape)}, segments {tuple(segments.shape)}, keep {tuple(keep.shape)}"
-        )
-    if keep.shape[2] < int(segments.max()) + 1:
-        raise ValueError(f"keep has {keep.shape[2]} columns but segments has labels up to {int(segments.max())}")
-    fimg = _fill_image(X, segments, fill)
-    p = keep.shape[1]
-    idx = segments.reshape(n, 1, h * w).expand(n, p, h * w)
-    kp = torch.gather(keep.bool(), 2, idx).reshape(n, p, 1, h, w)
-    out = torch.where(kp, X[:, None], fimg[:, None])
-    return out[:, 0] if squeeze else out
-
-
-def lime_kernel(keep: torch.Tensor, valid: torch.Tensor, kernel_width: float) -> torch.Tensor:
-    """``lime_image``'s sample weights ``sqrt(exp(-d^2 / kernel_width^2))``.
-
-    ``d`` is the cosine distance between the mask (valid columns only) and the all-ones mask:
-    ``d = 1 - sqrt(k / S_n)`` with ``k`` kept segments (``d = 1`` for the empty mask, as in
-    scikit-learn).
-
-    Parameters
-    ----------
-    keep : torch.Tensor of shape (N, P, S), bool
-    valid : torch.Tensor of shape (N, S), bool
-    kernel_width : float
-
-    Returns
-    -------
-    torch.Tensor of shape (N, P), float64, in (0, 1]
-    """
-    k = (keep & valid[:, None]).sum(2).double()
-    s_n = valid.sum(1, keepdim=True).double()
-    d = 1.0 - torch.sqrt(k / s_n)
-    return torch.sqrt(torch.exp(-(d**2) / kernel_width**2))
-
-
-def weighted_ridge(Z, y, sample_weight, valid, alpha: float = 1.0):
-    """Weighted ridge regressions with intercept, one per image, in closed form.
-
-    Solves ``min_b sum_p w_p (y_p - c - z_p . b)^2 + alpha ||b||^2`` for every image, as
-    scikit-learn's ``Ridge(alpha, fit_intercept=True).fit(Z, y, sample_weight=w)`` does.
-
-    Parameters
-    ----------
-    Z : torch.Tensor of shape (N, P, S)
-        Design (masks); columns where ``valid`` is False are ignored (coefficient 0).
-    y : torch.Tensor of shape (N, P) or (N, P, K)
-        One target, or ``K`` targets fitted at once.
-    sample_weight : torch.Tensor of shape (N, P), >= 0
-    valid : torch.Tensor of shape (N, S), bool
-    alpha : float, default=1.0
-
-    Returns
-    -------
-    coef : torch.Tensor of shape (N, S) (or (N, S, K)), float64
-    intercept : torch.Tensor of shape (N,) (or (N, K)), float64
-    score : torch.Tensor of shape (N,) (or (N, K)), float64
-        Weighted R^2 (1.0 for a perfect fit of a constant target, 0.0 when the fit is
-        imperfect but the target is constant, as scikit-learn).
-    """
-    Z = Z.double() * valid[:, None].double()
-    y = y.double()
-    multi = y.ndim == 3
-    if not multi:
-        y = y[..., None]
-    w = sample_weight.double()
-    wsum = w.sum(1, keepdim=True)
-    zbar = (w[..., None] * Z).sum(1) / wsum  # (N, S)
-    ybar = (w[..., None] * y).sum(1) / wsum  # (N, K)
-    Zc = Z - zbar[:, None]
-    yc = y - ybar[:, None]
-    Zw = Zc * w[..., None]
-    A = Zw.transpose(1, 2) @ Zc  # (N, S, S)
-    b = Zw.transpose(1, 2) @ yc  # (N, S, K)
-    diag = torch.where(valid, torch.full_like(zbar, float(alpha)), torch.ones_like(zbar))
-    A = A + torch.diag_embed(diag)
-    coef = torch.linalg.solve(A, b) * valid[..., None]  # (N, S, K)
-    intercept = ybar - (zbar[..., None] * coef).sum(1)  # (N, K)
-    resid = yc - Zc @ coef
-    ss_res = (w[..., None] * resid**2).sum(1)
-    ss_tot = (w[..., None] * yc**2).sum(1)
-    tiny = torch.finfo(torch.float64).eps * (w[..., None] * y**2).sum(1).clamp_min(1e-300)
-    score = torch.where(
-        ss_tot > tiny, 1.0 - ss_res / ss_tot.clamp_min(1e-300), torch.where(ss_res <= tiny, 1.0, 0.0).double()
-    )
-    if not multi:
-        return coef[..., 0], intercept[..., 0], score[..., 0]
-    return coef, intercept, score
-
-
-def _module_device(module: torch.nn.Module, X: torch.Tensor) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return X.device
-
-
-def _module_dtype(module: torch.nn.Module, X: torch.Tensor) -> torch.dtype:
-    """Floating dtype of the module's parameters (float64 modules get float64 inputs)."""
-    for t in module.parameters():
-        if t.is_floating_point():
-            return t.dtype
-    return X.dtype
-
-
-def _is_int(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
-
-
-def fuse_conv_bn(module: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
-    """An eval-mode copy of ``module`` with each ``Conv2d -> BatchNorm2d`` pair folded.
-
-    Pairs are found inside ``nn.Sequential`` containers (at any depth): a ``Conv2d``
-    immediately followed by a ``BatchNorm2d`` with running statistics becomes one ``Conv2d``
-    whose weights and bias absorb the normalisation, and the ``BatchNorm2d`` becomes
-    ``nn.Identity``.  The result computes the same function as ``module.eval()`` up to
-    float rounding.  ``module`` itself is not modified.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-    channels_last : bool, default=False
-        Also store the copy's 4-D parameters in ``torch.channels_last`` format.
-
-    Returns
-    -------
-    torch.nn.Module
-        The folded copy, in eval mode.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from attribshield.models import SmallCNN
-    >>> m = SmallCNN().eval()
-    >>> f = fuse_conv_bn(m)
-    >>> x = torch.rand(2, 3, 32, 32)
-    >>> torch.allclose(m(x), f(x), atol=1e-4)
-    True
-    >>> sum(isinstance(l, torch.nn.BatchNorm2d) for l in f.modules())
-    0
-    """
-    import copy
-
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    fused = copy.deepcopy(module).eval()
-    for seq in [m for m in fused.modules() if isinstance(m, torch.nn.Sequential)]:
-        names = list(seq._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = seq._modules[a], seq._modules[b]
-            if (type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d
-                    and bn.track_running_stats and bn.running_mean is not None):
-                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
-                seq._modules[b] = torch.nn.Identity()
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-    return fused
 
 
 # --------------------------------------------------------------------------- explainer
@@ -489,6 +126,19 @@ class LimeExplainer(Component):
     (torch.Size([2, 16]), torch.Size([2, 1, 8, 8]))
     """
 
+    _parameter_constraints = {
+        "n_samples": [Integral(2, None)],
+        "segmenter": [None, _has_segment],
+        "kernel_width": [Real(0, None, closed="neither")],
+        "alpha": [Real(0, None)],
+        "sampling": [Options(*SAMPLINGS)],
+        "control_variate": [None, Options("logit")],
+        "cv_samples": [Integral(2, None)],
+        "batch_size": [Integral(1, None)],
+        "autocast": [None, Options("bf16", "fp16")],
+        "quantize": [None, Options("int8")],
+    }
+
     def __init__(
         self,
         n_samples=1000,
@@ -528,68 +178,14 @@ class LimeExplainer(Component):
 
     # ----------------------------------------------------------------- validation
     def _validate_params(self) -> None:
-        if not _is_int(self.n_samples) or self.n_samples < 2:
-            raise ValueError(f"n_samples must be an integer >= 2, got {self.n_samples!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        for name in ("kernel_width",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not v > 0 or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-        a = self.alpha
-        if isinstance(a, bool) or not isinstance(a, (int, float, np.number)) or not a >= 0 or not math.isfinite(a):
-            raise ValueError(f"alpha must be a finite number >= 0, got {a!r}")
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        if self.control_variate not in (None, "logit"):
-            raise ValueError(f"control_variate must be None or 'logit', got {self.control_variate!r}")
-        if not _is_int(self.cv_samples) or self.cv_samples < 2:
-            raise ValueError(f"cv_samples must be an integer >= 2, got {self.cv_samples!r}")
-        if self.autocast not in (None, "bf16", "fp16"):
-            raise ValueError(f"autocast must be None, 'bf16' or 'fp16', got {self.autocast!r}")
-        if self.quantize not in (None, "int8"):
-            raise ValueError(f"quantize must be None or 'int8', got {self.quantize!r}")
+        validate_params(self)
         if self.quantize is not None and self.autocast is not None:
             raise ValueError("quantize='int8' cannot be combined with autocast (the int8 copy has its own arithmetic)")
-        if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
-            raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
-
-    def _check_segments(self, segments, X) -> torch.Tensor:
-        n, _, h, w = X.shape
-        seg = torch.as_tensor(segments, device=X.device)
-        if seg.ndim == 2:
-            seg = seg[None]
-        if seg.ndim != 3 or tuple(seg.shape[1:]) != (h, w) or seg.shape[0] not in (1, n):
-            raise ValueError(f"segments must have shape (N, H, W) = ({n}, {h}, {w}), got {tuple(seg.shape)}")
-        if seg.is_floating_point() or seg.dtype == torch.bool:
-            if not bool((seg == seg.round()).all()):
-                raise ValueError("segments must hold integer labels")
-        seg = seg.long().expand(n, h, w)
-        if bool((seg < 0).any()):
-            raise ValueError("segments must hold labels >= 0")
-        # relabel images whose labels are not 0..S_n-1 (lime assumes consecutive labels)
-        s = int(seg.max()) + 1
-        present = torch.zeros(n, s, dtype=torch.bool, device=seg.device)
-        present.scatter_(1, seg.reshape(n, -1), True)
-        n_present = present.sum(1)
-        max_lab = seg.reshape(n, -1).amax(1)
-        need = (n_present != max_lab + 1).nonzero().flatten().tolist()
-        if need:
-            seg = seg.clone()
-            for i in need:
-                seg[i] = torch.unique(seg[i], return_inverse=True)[1].reshape(h, w)
-        return seg
 
     # ----------------------------------------------------------------- forward
     def _logits(self, module, X) -> torch.Tensor:
         """Logits ``(B, K)`` of a batch, with the configured memory format and autocast."""
-        if self.channels_last:
-            X = X.contiguous(memory_format=torch.channels_last)
-        if self.autocast is not None:
-            dt = torch.bfloat16 if self.autocast == "bf16" else torch.float16
-            with torch.autocast(device_type=X.device.type, dtype=dt):
-                return module(X)
-        return module(X)
+        return _forward_logits(module, X, channels_last=self.channels_last, autocast=self.autocast)
 
     def _sample_outputs(self, module, X, fimg, seg, keep, target, all_logits=False) -> torch.Tensor:
         """Run the model on all perturbed samples, built ``batch_size`` at a time.
@@ -620,40 +216,8 @@ class LimeExplainer(Component):
                 out[start:stop] = torch.softmax(logits.double(), 1).gather(1, target[img, None])[:, 0]
         return out.reshape(n, p, -1) if all_logits else out.reshape(n, p)
 
-    def _logit_control_variate(self, keep, logits, sw, valid, target, generator):
-        """Model-assisted LIME: fit the logits linearly in the mask, use the softmax of that
-        fit as a (nonlinear) surrogate ``h`` of the target probability, whose LIME regression
-        is computed on ``cv_samples`` cheap surrogate masks.  Only ``y - h`` is estimated from
-        the model's samples.  Returns ``(coef, intercept)``."""
-        n, p, s = keep.shape
-        # nearly unpenalised fit of every logit (the penalty would bias the surrogate)
-        J, a_l, _ = weighted_ridge(keep, logits, sw, valid, 1e-6)  # (n,S,K), (n,K)
-        y = torch.softmax(logits.double(), 2).gather(2, target[:, None, None].expand(n, p, 1))[..., 0]
-
-        def surrogate(Z, rows):
-            lg = a_l[rows, None] + (Z.double() * valid[rows, None]) @ J[rows]
-            return torch.softmax(lg, 2).gather(2, target[rows, None, None].expand(-1, Z.shape[1], 1))[..., 0]
-
-        everything = slice(None)
-        coef, icpt, _ = weighted_ridge(keep, y - surrogate(keep, everything), sw, valid, float(self.alpha))
-        m = int(self.cv_samples)
-        step = max(1, (1 << 18) // (m * max(1, s // 16)))  # bounded memory for the surrogate masks
-        for a in range(0, n, step):
-            rows = slice(a, min(a + step, n))
-            zm = draw_masks(rows.stop - a, m, s, method="foldover", generator=generator, device=keep.device)
-            zm = zm | ~valid[rows, None]
-            wm = lime_kernel(zm, valid[rows], float(self.kernel_width))
-            wm = wm * (sw[rows].sum(1, keepdim=True) / wm.sum(1, keepdim=True))  # same penalty strength
-            pc, pi, _ = weighted_ridge(zm, surrogate(zm, rows), wm, valid[rows], float(self.alpha))
-            coef[rows] += pc
-            icpt[rows] += pi
-        return coef, icpt
-
-
     def _int8_module(self, module, X, fimg, seg):
         """The cached int8 copy of ``module``, rebuilt when its weights or buffers changed."""
-        import weakref
-
         key = tuple((t.data_ptr(), t._version) for t in module.state_dict(keep_vars=True).values())
         cache = self.__dict__.get("_int8_cache")
         if cache is not None and cache[0]() is module and cache[1] == key:
@@ -703,11 +267,8 @@ class LimeExplainer(Component):
             ``segments`` or ``samples``.
         """
         self._validate_params()
-        module = get_module(model)
-        X = check_images(X)
+        module, X, device = _module_and_images(model, X)
         n, c, h, w = X.shape
-        device = _module_device(module, X)
-        X = X.to(device=device, dtype=_module_dtype(module, X))
         out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
         if self.quantize is not None and device.type != "cpu":
             raise ValueError(f"quantize='int8' runs on the CPU only; the module is on {device}")
@@ -717,15 +278,7 @@ class LimeExplainer(Component):
         engine = _int8_engine() if self.quantize is not None else contextlib.nullcontext()
         with eval_mode(module), torch.no_grad(), engine:
             # one pass on the clean images: validates the input and gives the classes
-            try:
-                logits = module(X[: min(n, int(self.batch_size))])
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise ValueError(
-                    f"the module rejected images of shape (N, {c}, {h}, {w}) "
-                    f"(wrong channel count or size?): {exc}"
-                ) from exc
-            if logits.ndim != 2:
-                raise ValueError(f"the module must return logits of shape (B, K), got shape {tuple(logits.shape)}")
+            logits = _checked_logits(module, X[: min(n, int(self.batch_size))])
             n_classes = logits.shape[1]
             if target is None:
                 preds = [logits.argmax(1)]
@@ -742,12 +295,10 @@ class LimeExplainer(Component):
                 segmenter = self.segmenter if self.segmenter is not None else default_segmenter(h, w)
                 seg = segmenter.segment(X).to(device).long()
             else:
-                seg = self._check_segments(segments, X)
+                seg = _check_segments(segments, X)
             s_n = seg.reshape(n, -1).amax(1) + 1
             s_max = int(s_n.max())
             if int(s_n.min()) < MIN_SEGMENTS and segments is not None:
-                import warnings
-
                 warnings.warn(
                     f"{int((s_n < MIN_SEGMENTS).sum())} images have fewer than {MIN_SEGMENTS} segments",
                     UserWarning,
@@ -791,7 +342,10 @@ class LimeExplainer(Component):
                     sw = lime_kernel(keep, valid[a:b], float(self.kernel_width))
                     index = target[a:b, None, None].expand(-1, keep.shape[1], 1)
                     y = torch.softmax(logits.double(), 2).gather(2, index)[..., 0]
-                    coef, icpt = self._logit_control_variate(keep, logits, sw, valid[a:b], target[a:b], generator)
+                    coef, icpt = _logit_control_variate(
+                        keep, logits, sw, valid[a:b], target[a:b], generator, alpha=float(self.alpha),
+                        kernel_width=float(self.kernel_width), cv_samples=int(self.cv_samples),
+                    )
                     score = _r2(keep, y, sw, valid[a:b], coef, icpt)
                 else:
                     y = self._sample_outputs(sample_module, X[a:b], fimg[a:b], seg[a:b], keep, target[a:b])
@@ -809,12 +363,3 @@ class LimeExplainer(Component):
             target=target,
         )
 
-
-def _r2(Z, y, w, valid, coef, intercept) -> torch.Tensor:
-    """Weighted R^2 of ``intercept + Z @ coef`` on ``y``."""
-    Z = Z.double() * valid[:, None].double()
-    pred = intercept[:, None] + (Z * coef[:, None]).sum(2)
-    ybar = (w * y).sum(1, keepdim=True) / w.sum(1, keepdim=True)
-    ss_res = (w * (y - pred) ** 2).sum(1)
-    ss_tot = (w * (y - ybar) ** 2).sum(1)
-    return torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), (ss_res <= 0).double())

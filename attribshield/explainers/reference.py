@@ -13,9 +13,10 @@ import contextlib
 import numpy as np
 import torch
 
-from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module
-from .lime import Attribution, _is_int, _module_device, _module_dtype
+from .._validation import check_labels
+from ..base import Component, eval_mode
+from ._attribution import Attribution
+from ._model import _checked_logits, _is_int, _module_and_images
 from .segmentation import default_segmenter
 
 __all__ = ["LimeReferenceExplainer"]
@@ -83,16 +84,10 @@ class LimeReferenceExplainer(Component):
         """Explain ``model`` on ``X`` with ``lime``; same arguments and result as
         :meth:`LimeExplainer.explain` (without ``samples``).  Weights are float64."""
         self._validate_params()
-        module = get_module(model)
-        X = check_images(X)
+        module, X, device = _module_and_images(model, X)
         n, c, h, w = X.shape
-        device = _module_device(module, X)
-        X = X.to(device=device, dtype=_module_dtype(module, X))
         with eval_mode(module), torch.no_grad():
-            try:
-                logits = module(X)
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise ValueError(f"the module rejected images of shape (N, {c}, {h}, {w}): {exc}") from exc
+            logits = _checked_logits(module, X)
             n_classes = logits.shape[1]
             if target is None:
                 target = logits.argmax(1)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from skimage.segmentation import relabel_sequential
 
+from .._params import Integral, validate_params
 from .._validation import check_images
 from ..base import Component
 
@@ -31,6 +32,11 @@ __all__ = [
 ]
 
 MIN_SEGMENTS = 4
+
+
+def _has_segment(v) -> bool:
+    """an object with a segment(X) method"""
+    return hasattr(v, "segment")
 
 
 def relabel_consecutive(segments: torch.Tensor) -> torch.Tensor:
@@ -68,6 +74,27 @@ def relabel_consecutive(segments: torch.Tensor) -> torch.Tensor:
             labels -= labels.min()
             out[i] = torch.from_numpy(relabel_sequential(labels)[0].astype(np.int64, copy=False))
     return out
+
+
+def _check_segments(segments, X) -> torch.Tensor:
+    """Integer labels ``(N, H, W)`` on ``X``'s device, relabelled to ``0..S_n-1`` if needed."""
+    n, _, h, w = X.shape
+    seg = torch.as_tensor(segments, device=X.device)
+    if seg.ndim == 2:
+        seg = seg[None]
+    if seg.ndim != 3 or tuple(seg.shape[1:]) != (h, w) or seg.shape[0] not in (1, n):
+        raise ValueError(f"segments must have shape (N, H, W) = ({n}, {h}, {w}), got {tuple(seg.shape)}")
+    if (seg.is_floating_point() or seg.dtype == torch.bool) and not bool((seg == seg.round()).all()):
+        raise ValueError("segments must hold integer labels")
+    seg = seg.long().expand(n, h, w)
+    if bool((seg < 0).any()):
+        raise ValueError("segments must hold labels >= 0")
+    flat = seg.reshape(n, -1)
+    present = torch.zeros(n, int(flat.max()) + 1, dtype=torch.bool, device=seg.device)
+    present.scatter_(1, flat, True)
+    if bool((present.sum(1) != flat.amax(1) + 1).any()):
+        return relabel_consecutive(seg)
+    return seg.contiguous()
 
 
 def _warn_few(segments: torch.Tensor, name: str) -> None:
@@ -109,17 +136,20 @@ class GridSegmenter(Component):
     (torch.Size([3, 8, 8]), 16)
     """
 
+    _parameter_constraints = {"cell": [None, Integral(1, None)]}
+
     def __init__(self, cell=None):
         self.cell = cell
 
+    def _validate_params(self) -> None:
+        validate_params(self)
+
     def segment(self, X) -> torch.Tensor:
         """Return grid labels of shape ``(N, H, W)`` (int64, row-major, on ``X``'s device)."""
+        self._validate_params()
         X = check_images(X)
         n, _, h, w = X.shape
-        cell = self.cell if self.cell is not None else max(1, min(h, w) // 4)
-        if isinstance(cell, bool) or not isinstance(cell, (int, np.integer)) or cell < 1:
-            raise ValueError(f"GridSegmenter.cell must be a positive integer or None, got {self.cell!r}")
-        cell = int(cell)
+        cell = int(self.cell) if self.cell is not None else max(1, min(h, w) // 4)
         n_cols = math.ceil(w / cell)
         rows = torch.arange(h, device=X.device) // cell
         cols = torch.arange(w, device=X.device) // cell
@@ -147,20 +177,23 @@ class SlicSegmenter(Component):
         Labels are relabelled consecutively from 0 in any case.
     """
 
+    _parameter_constraints = {"n_segments": [Integral(1, None)]}
+
     def __init__(self, n_segments=25, compactness=10.0, sigma=0.0, start_label=0):
         self.n_segments = n_segments
         self.compactness = compactness
         self.sigma = sigma
         self.start_label = start_label
 
+    def _validate_params(self) -> None:
+        validate_params(self)
+
     def segment(self, X) -> torch.Tensor:
         """Return SLIC labels of shape ``(N, H, W)`` (int64, on ``X``'s device)."""
         from skimage.segmentation import slic
 
+        self._validate_params()
         X = check_images(X)
-        n_segments = self.n_segments
-        if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments < 1:
-            raise ValueError(f"SlicSegmenter.n_segments must be a positive integer, got {self.n_segments!r}")
         arr = _to_hwc_numpy(X)
         out = np.stack(
             [

@@ -40,6 +40,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._utils import module_device
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module
 from .fill import FILLS, _check_segments_selected, fill_image, pixel_mask
@@ -120,14 +121,6 @@ def _max_normalise(s: torch.Tensor) -> torch.Tensor:
     return torch.where(mx > 0, s / mx.clamp_min(torch.finfo(s.dtype).tiny), torch.zeros_like(s))
 
 
-def _module_device(module: torch.nn.Module, X: torch.Tensor) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return X.device
-
-
 class _SegmentMasker(Component):
     """Shared parts of the segment maskers: top-k selection, fills and input preparation.
 
@@ -164,7 +157,7 @@ class _SegmentMasker(Component):
         module = None if model is None and allow_no_model else get_module(model)
         X = check_images(X)
         y = check_labels(y, X.shape[0])
-        device = X.device if module is None else _module_device(module, X)
+        device = X.device if module is None else module_device(module, X.device)
         return module, X.to(device), y.to(device)
 
     # ----------------------------------------------------------------- selection
