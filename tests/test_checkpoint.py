@@ -182,3 +182,26 @@ def test_killed_training_resumes_from_last_epoch(tmp_path):
     torch.testing.assert_close(resumed.mask_cache_.selected, saved_cache.selected)
     assert all("masked_loss" in b for b in resumed.history[-1]["batches"])  # the cache was used
     assert latest_checkpoint(dirname).endswith(f"epoch_{n + 1:04d}")
+
+
+def test_online_amortized_explainer_resumes_with_its_state(tmp_path):
+    from attribshield.explainers import AmortizedLimeExplainer
+
+    online = dict(masker=LimeMasker(criterion="dominant", top_k=2), refine_mode="online", mask_fraction=0.5,
+                  explainer=AmortizedLimeExplainer(hidden=4, n_coalitions=4, random_state=0),
+                  explainer_update_fraction=0.5, audit_size=0, max_epochs=1)
+    first = method(**online, callbacks=[SafeCheckpoint(tmp_path)]).fit(X, y)
+    saved = Path(latest_checkpoint(tmp_path)) / "explainer.pt"
+    assert saved.is_file()
+    state = torch.load(saved, weights_only=True)  # tensors and plain containers only
+    assert state["n_iter"] == first.explainer_.n_iter_ > 0
+    resumed = load_checkpoint(method(**online), tmp_path)
+    for a, b in zip(resumed.explainer_.net_.parameters(), first.explainer_.net_.parameters()):
+        torch.testing.assert_close(a, b)
+    assert resumed.explainer_.n_iter_ == first.explainer_.n_iter_
+    torch.testing.assert_close(resumed.explainer_.explain(resumed.module_, X[:4]).weights,
+                               first.explainer_.explain(first.module_, X[:4]).weights)
+    resumed.partial_fit(X, y)  # and it keeps training from there
+    assert resumed.explainer_.n_iter_ > first.explainer_.n_iter_
+    with pytest.raises(ValueError, match="hidden"):
+        AmortizedLimeExplainer(hidden=8).load_state_dict(state)

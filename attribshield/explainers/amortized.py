@@ -338,6 +338,33 @@ class AmortizedLimeExplainer(Component):
             self.optimizer_ = self._make_optimizer(self.net_)
             self.optimizer_.load_state_dict(opt_state)
 
+    def state_dict(self) -> dict | None:
+        """The fitted state as tensors and plain containers (``None`` before fitting).
+
+        What a checkpoint stores (:func:`attribshield.checkpoint.save_checkpoint` writes it as
+        ``explainer.pt``, read back with ``weights_only=True``): the network's weights, Adam's
+        moments, the configuration the network was built for and the step count.
+        """
+        if not self.__sklearn_is_fitted__():
+            return None
+        opt = self.optimizer_.state_dict() if "optimizer_" in self.__dict__ else None
+        return {"config": list(self.net_config_), "net": self.net_.state_dict(), "optimizer": opt,
+                "n_iter": int(self.n_iter_)}
+
+    def load_state_dict(self, state: dict) -> "AmortizedLimeExplainer":
+        """Restore what :meth:`state_dict` returned; the parameters must match its configuration."""
+        n_channels, n_classes, hidden, use_gradient = state["config"]
+        if (int(hidden), bool(use_gradient)) != (int(self.hidden), bool(self.use_gradient)):
+            raise ValueError(f"the saved explainer has hidden={hidden}, use_gradient={use_gradient}; this one "
+                             f"hidden={self.hidden}, use_gradient={self.use_gradient}")
+        with torch.random.fork_rng(devices=[]):  # the weights are overwritten: leave the global RNG alone
+            self._initialize(int(n_channels), int(n_classes), "cpu", None)
+        self.net_.load_state_dict(state["net"])
+        if state.get("optimizer") is not None:
+            self.optimizer_.load_state_dict(state["optimizer"])
+        self.n_iter_ = int(state["n_iter"])
+        return self
+
     def _make_optimizer(self, net):
         return torch.optim.Adam(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
 
