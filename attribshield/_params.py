@@ -50,8 +50,11 @@ class Interval:
         what = "an integer" if self.kind == "integral" else "a finite number"
         if self.low is None and self.high is None:
             return what
-        left = "[" if self.closed in ("both", "left") else "("
-        right = "]" if self.closed in ("both", "right") else ")"
+        # an unbounded (or infinite) side is open whatever ``closed`` says: inf is never a value
+        lo_inf = self.low is None or math.isinf(self.low)
+        hi_inf = self.high is None or math.isinf(self.high)
+        left = "[" if self.closed in ("both", "left") and not lo_inf else "("
+        right = "]" if self.closed in ("both", "right") and not hi_inf else ")"
         lo = "-inf" if self.low is None else f"{self.low:g}"
         hi = "inf" if self.high is None else f"{self.high:g}"
         return f"{what} in {left}{lo}, {hi}{right}"
@@ -74,7 +77,9 @@ class Options:
         self.values = tuple(values)
 
     def __call__(self, v) -> bool:
-        return any(v == o and type(v) is type(o) for o in self.values)
+        # the type test first: an array or tensor is never compared (its ``==`` is elementwise
+        # and has no truth value), so it is simply not one of the options
+        return any(type(v) is type(o) and bool(v == o) for o in self.values)
 
     def __str__(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.values)

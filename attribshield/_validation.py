@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._params import Integral, Real, check_param
-
 __all__ = ["check_images", "check_labels", "check_consistent_length"]
 
 
@@ -167,13 +165,3 @@ def check_consistent_length(*arrays) -> None:
     if len(set(lengths)) > 1:
         raise ValueError(f"inputs have inconsistent numbers of samples: {lengths}")
 
-
-def check_positive(value, name: str, *, strict: bool = True, integer: bool = False,
-                   owner: str = "attribshield") -> None:
-    """Raise ``ValueError`` unless ``value`` is a (strictly) positive finite number.
-
-    A shorthand for :func:`attribshield._params.check_param` with ``Real(0, None)`` or
-    ``Integral(0, None)`` (open at 0 when ``strict``); new code calls ``check_param`` directly.
-    """
-    bound = Integral if integer else Real
-    check_param(owner, name, value, [bound(0, None, closed="neither" if strict else "both")])

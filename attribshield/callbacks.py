@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 
 import numpy as np
 import torch
 from skorch.callbacks import Callback, LRScheduler
 
+from ._params import Integral, Real, check_param, validate_params
 from ._validation import check_images, check_labels
 from .attacks import FGSM, PGD
 from .evaluation import clean_accuracy, robust_accuracy
@@ -96,25 +96,16 @@ def one_cycle(max_lr: float, epochs: int, steps_per_epoch: int | None = None,
     >>> round(float(lrs.max()), 3), int(lrs.argmax()), bool(lrs[-1] < 1e-3)
     (0.2, 19, True)
     """
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if steps_per_epoch is not None and not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
-        raise ValueError(f"steps_per_epoch must be None or an integer >= 1, got {steps_per_epoch!r}")
-    if not (isinstance(max_lr, (int, float)) and math.isfinite(max_lr) and max_lr > 0):
-        raise ValueError(f"max_lr must be a finite number > 0, got {max_lr!r}")
+    check_param("one_cycle", "epochs", epochs, [Integral(1, None)])
+    check_param("one_cycle", "steps_per_epoch", steps_per_epoch, [None, Integral(1, None)])
+    check_param("one_cycle", "max_lr", max_lr, [Real(0, None, closed="neither")])
+    epochs = int(epochs)  # NumPy integers pass the check; OneCycleLR wants Python ints
+    steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
     total = None if steps_per_epoch is None else epochs * steps_per_epoch
     return BatchLRScheduler(torch.optim.lr_scheduler.OneCycleLR, max_lr=float(max_lr), epochs=epochs,
                             steps_per_epoch=steps_per_epoch, total_steps=total, pct_start=pct_start,
                             anneal_strategy="linear", cycle_momentum=False, div_factor=25.0,
                             final_div_factor=1e4)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
 
 
 class RobustnessMonitor(Callback):
@@ -224,19 +215,18 @@ class RobustnessMonitor(Callback):
         self.name_prefix = name_prefix
         self.random_state = random_state
 
+    _parameter_constraints = {
+        "eps": [Real(0, None)],
+        "pgd_steps": [Integral(1, None)],
+        "n": [Integral(1, None)],
+        "batch_size": [Integral(1, None)],
+        "random_state": [None, Integral(0, None)],
+    }
+
     def _validate_params(self) -> None:
-        if not _is_real(self.eps) or self.eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
-        if not _is_int(self.pgd_steps) or self.pgd_steps < 1:
-            raise ValueError(f"pgd_steps must be an integer >= 1, got {self.pgd_steps!r}")
-        if not _is_int(self.n) or self.n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        validate_params(self)
         if not isinstance(self.name_prefix, str) or not self.name_prefix or "__" in self.name_prefix:
             raise ValueError(f"name_prefix must be a non-empty string without '__', got {self.name_prefix!r}")
-        if self.random_state is not None and (not _is_int(self.random_state) or self.random_state < 0):
-            raise ValueError(f"random_state must be None or an integer >= 0, got {self.random_state!r}")
 
     def initialize(self):
         """Validate the parameters and the data, and draw the monitored subset.
@@ -385,12 +375,10 @@ def catastrophic_overfitting(history, prefix="monitor", drop=0.3, gap=None) -> d
     """
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
-    if not _is_real(drop) or not 0 < drop <= 1:
-        raise ValueError(f"drop must be a number in (0, 1], got {drop!r}")
+    check_param("catastrophic_overfitting", "drop", drop, [Real(0, 1, closed="right")])
+    check_param("catastrophic_overfitting", "gap", gap, [None, Real(0, 1)])
     if gap is None:
         gap = drop
-    elif not _is_real(gap) or not 0 <= gap <= 1:
-        raise ValueError(f"gap must be None or a number in [0, 1], got {gap!r}")
     try:
         rows = list(history)
     except TypeError:

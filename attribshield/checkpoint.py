@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from skorch.callbacks import Checkpoint
 from skorch.utils import noop
 
+from ._params import Integral, check_param, validate_params
 from .base import capability
 from .refinement import MaskCache
 
@@ -127,8 +128,7 @@ def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
     """
     if not getattr(net, "initialized_", False):
         raise ValueError("cannot save a checkpoint of an uninitialised net: fit or initialize it first")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"keep must be an integer >= 1 or None, got {keep!r}")
+    check_param("save_checkpoint", "keep", keep, [None, Integral(1, None)])
     dirname = os.fspath(dirname)
     epoch = len(net.history)
     name = f"epoch_{epoch:04d}"
@@ -338,9 +338,10 @@ class SafeCheckpoint(Checkpoint):
         # uses safetensors for the parameters only, so the flag is set after its checks
         self.use_safetensors = use_safetensors
 
+    _parameter_constraints = {"every": [Integral(1, None)], "keep": [None, Integral(1, None)]}
+
     def initialize(self):
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {self.every!r}")
+        validate_params(self)
         self.pending_cache_ = False
         return super().initialize()
 

@@ -1,8 +1,12 @@
 """Every bad input gets a ValueError naming the problem, before training starts."""
+import math
+
 import numpy as np
 import pytest
+import torch
 
 from attribshield import RobustAttributionClassifier
+from attribshield._params import Integral, Options, Real, check_param
 from attribshield.testing import TinyMLP, make_images
 
 
@@ -97,3 +101,33 @@ def test_sparse_input_is_rejected():
     with pytest.raises(ValueError, match="Sparse data"):
         clf = RobustAttributionClassifier(TinyMLP, input_shape=(1, 8, 8), verbose=0)
         clf.fit(sparse.csr_matrix(X.reshape(12, -1)), y)
+
+
+# ----------------------------------------------------------------- the _params helper
+@pytest.mark.parametrize("interval, text", [
+    (Real(0, None), "a finite number in [0, inf)"),
+    (Real(0, None, closed="neither"), "a finite number in (0, inf)"),
+    (Real(None, 1), "a finite number in (-inf, 1]"),
+    (Real(0, math.inf), "a finite number in [0, inf)"),
+    (Integral(1, None), "an integer in [1, inf)"),
+    (Real(0, 1), "a finite number in [0, 1]"),
+    (Real(0, 1, closed="right"), "a finite number in (0, 1]"),
+    (Real(0, 0.5, closed="left"), "a finite number in [0, 0.5)"),
+    (Integral(), "an integer"),
+])
+def test_interval_prints_an_unbounded_side_open(interval, text):
+    assert str(interval) == text
+
+
+@pytest.mark.parametrize("value", [np.array(["a", "b"]), np.array("a"), np.array([1, 2]), torch.tensor([1, 2]),
+                                   torch.tensor(1)])
+def test_options_reject_arrays_and_tensors_without_a_truth_value_error(value):
+    assert Options("a", 1)(value) is False
+    with pytest.raises(ValueError, match=r"^f: mode must be one of 'a', 1, got "):
+        check_param("f", "mode", value, [Options("a", 1)])
+
+
+def test_options_accept_only_listed_values_of_the_same_type():
+    opts = Options("a", 1)
+    assert opts("a") and opts(1)
+    assert not opts(True) and not opts(1.0) and not opts("b") and not opts(None)

@@ -11,11 +11,10 @@ of the default 4x4 grid.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 import torch
 
+from .._params import Integral, Real, check_param
 from .._utils import numpy_rng
 from ..explainers.segmentation import default_segmenter
 
@@ -25,14 +24,6 @@ CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 """Names of the corner indices ``0..3`` stored in ``info["corner"]``."""
 
 _GRAY_DARKEST = 0.1  # gray levels run from white down to this, never black (see shortcut_palette)
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
 
 
 def _palette_levels(n_classes: int, n_channels: int) -> np.ndarray:
@@ -93,10 +84,8 @@ def shortcut_palette(n_classes, n_channels=3, dtype="float32") -> np.ndarray:
     >>> shortcut_palette(2, n_channels=1, dtype="uint8").ravel().tolist()
     [255, 25]
     """
-    if not _is_int(n_classes) or n_classes < 1:
-        raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}")
-    if not _is_int(n_channels) or n_channels < 1:
-        raise ValueError(f"n_channels must be an integer >= 1, got {n_channels!r}")
+    check_param("shortcut_palette", "n_classes", n_classes, [Integral(1, None)])
+    check_param("shortcut_palette", "n_channels", n_channels, [Integral(1, None)])
     dt = np.dtype(dtype)
     if dt != np.uint8 and dt.kind != "f":
         raise ValueError(f"dtype must be uint8 or a float dtype, got {dt}")
@@ -235,24 +224,19 @@ def plant_shortcut(X, y, *, rho=1.0, patch_size=4, label_shift=0, n_classes=None
     X, is_torch = _check_images(X)
     n, c, h, w = (int(s) for s in X.shape)
     labels = _check_y(y, n)
-    if not _is_real(rho) or not 0.0 <= float(rho) <= 1.0:
-        raise ValueError(f"rho must be a number in [0, 1], got {rho!r}")
-    if not _is_int(patch_size) or not 1 <= patch_size <= min(h, w):
-        raise ValueError(f"patch_size must be an integer in 1..min(H, W) = 1..{min(h, w)}, got {patch_size!r}")
-    if not _is_int(label_shift):
-        raise ValueError(f"label_shift must be an integer, got {label_shift!r}")
+    check_param("plant_shortcut", "rho", rho, [Real(0, 1)])
+    check_param("plant_shortcut", "patch_size", patch_size, [Integral(1, min(h, w))])  # min(H, W) of X
+    check_param("plant_shortcut", "label_shift", label_shift, [Integral()])
+    check_param("plant_shortcut", "n_classes", n_classes, [None, Integral(1, None)])
     if n_classes is None:
         n_classes = int(labels.max()) + 1
-    elif not _is_int(n_classes) or n_classes < 1:
-        raise ValueError(f"n_classes must be an integer >= 1 or None, got {n_classes!r}")
     elif labels.max() >= n_classes:
         raise ValueError(f"n_classes={n_classes} but y holds the label {int(labels.max())}; "
                          f"n_classes must exceed max(y)")
     n_classes, patch_size, rho = int(n_classes), int(patch_size), float(rho)
     if n_classes < 2 and rho < 1.0:
         raise ValueError(f"rho={rho} < 1 needs n_classes >= 2 (a wrong class to draw), got n_classes={n_classes}")
-    if not isinstance(return_info, (bool, np.bool_)):
-        raise ValueError(f"return_info must be a bool, got {return_info!r}")
+    check_param("plant_shortcut", "return_info", return_info, [bool])
     rng = numpy_rng(random_state)
     levels = _palette_levels(n_classes, c)
 
@@ -308,7 +292,7 @@ def _corner_origin(k: int, h: int, w: int, p: int):
     return (0 if k < 2 else h - p), (0 if k % 2 == 0 else w - p)
 
 
-def _check_info(info):
+def _check_info(info, owner):
     try:
         corner = np.asarray(info["corner"])
         p = info["patch_size"]
@@ -320,8 +304,9 @@ def _check_info(info):
         ) from None
     if corner.ndim != 1 or corner.dtype.kind not in "iu" or (corner.size and not np.isin(corner, range(4)).all()):
         raise ValueError(f"info['corner'] must be a 1-D array of corner indices 0..3, got {corner!r}")
-    if not (_is_int(p) and _is_int(h) and _is_int(w) and 1 <= p <= min(h, w)):
-        raise ValueError(f"info['patch_size']={p!r} must be an integer in 1..min(H, W) for image_shape={(h, w)!r}")
+    for v in (h, w):
+        check_param(owner, "info['image_shape'] entries", v, [Integral(1, None)])
+    check_param(owner, "info['patch_size']", p, [Integral(1, min(h, w))])  # min(H, W) of image_shape
     return corner, int(p), int(h), int(w)
 
 
@@ -351,7 +336,7 @@ def shortcut_pixel_mask(info, device=None) -> torch.Tensor:
     >>> m.shape, int(m.sum()), bool((m[:, 0].numpy() == (Xp != X)[:, 0]).all())
     (torch.Size([1, 1, 4, 4]), 4, True)
     """
-    corner, p, h, w = _check_info(info)
+    corner, p, h, w = _check_info(info, "shortcut_pixel_mask")
     mask = torch.zeros((corner.size, 1, h, w), dtype=torch.bool, device=device)
     for k in range(4):
         idx = torch.as_tensor(np.flatnonzero(corner == k), device=mask.device)
@@ -398,7 +383,7 @@ def shortcut_segment_mask(info, segments=None) -> torch.Tensor:
     >>> shortcut_segment_mask(info).nonzero().tolist()  # cells 3, 12 and 15 of the 4x4 grid
     [[0, 3], [1, 12], [2, 15]]
     """
-    corner, p, h, w = _check_info(info)
+    corner, p, h, w = _check_info(info, "shortcut_segment_mask")
     n = corner.size
     if segments is None:
         segments = default_segmenter(h, w).segment(torch.zeros((1, 1, h, w)))[0]

@@ -9,12 +9,10 @@ and :func:`occlude_segments` builds the occluded images.
 """
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 import torch
 
+from .._params import Integral, Options, Real, check_param
 from .._utils import batches, check_batch_size, predict, prepare, to_numpy
 from .._validation import check_images
 from ..base import eval_mode
@@ -27,27 +25,21 @@ OCCLUSION_MODES = ("random", "attributed")
 
 
 # --------------------------------------------------------------------------- validation
-def _check_ks(k):
+def _check_ks(k, owner="occlusion_accuracy"):
     """``(list of int, scalar)``: the occlusion sizes, deduplicated in the given order."""
     scalar = not isinstance(k, (list, tuple, range, np.ndarray))
     values = [k] if scalar else list(np.asarray(k).ravel()) if isinstance(k, np.ndarray) else list(k)
     if not values:
-        raise ValueError("k must be an integer >= 0 or a non-empty list of them, got an empty sequence")
+        raise ValueError(f"{owner}: k must be an integer >= 0 or a non-empty list of them, got an empty sequence")
     for v in values:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < 0:
-            raise ValueError(f"k must be an integer >= 0 (segments to occlude) or a list of them, got {v!r}")
+        check_param(owner, "k", v, [Integral(0, None)])
     return list(dict.fromkeys(int(v) for v in values)), scalar
 
 
-def _check_fill(fill):
-    if isinstance(fill, str):
-        if fill != "mean":
-            raise ValueError(f"fill must be 'mean' or a number in [0, 1], got {fill!r}")
-        return fill
-    if isinstance(fill, (bool, np.bool_)) or not isinstance(fill, numbers.Real) or not math.isfinite(fill) \
-            or not 0 <= fill <= 1:
-        raise ValueError(f"fill must be 'mean' or a number in [0, 1] (images live in [0, 1]), got {fill!r}")
-    return float(fill)
+def _check_fill(fill, owner):
+    """``'mean'`` or the constant fill as a float (images live in [0, 1])."""
+    check_param(owner, "fill", fill, [Options("mean"), Real(0, 1)])
+    return fill if isinstance(fill, str) else float(fill)
 
 
 def _check_segments(seg, shape) -> torch.Tensor:
@@ -104,7 +96,7 @@ def occlude_segments(X, segments, hidden, fill="mean") -> torch.Tensor:
     tensor([[[[0., 1.],
               [0., 0.]]]])
     """
-    fill = _check_fill(fill)
+    fill = _check_fill(fill, "occlude_segments")
     X = check_images(X)
     seg = torch.as_tensor(segments, device=X.device)
     if seg.is_floating_point() or seg.dtype == torch.bool:
@@ -236,18 +228,15 @@ def occlusion_accuracy(model, X, y, k, mode="random", fill="mean", explainer=Non
     >>> sorted(acc), all(0 <= a <= 1 for a in acc.values())
     ([1, 4], True)
     """
-    ks, scalar = _check_ks(k)
-    if mode not in OCCLUSION_MODES:
-        raise ValueError(f"mode must be one of {OCCLUSION_MODES}, got {mode!r}")
-    fill = _check_fill(fill)
+    ks, scalar = _check_ks(k, "occlusion_accuracy")
+    check_param("occlusion_accuracy", "mode", mode, [Options(*OCCLUSION_MODES)])
+    fill = _check_fill(fill, "occlusion_accuracy")
     if explainer is not None and not hasattr(explainer, "explain"):
         raise ValueError(f"explainer must have an explain(model, X, target, segments=...) method, "
                          f"got {type(explainer).__name__}")
     if segmenter is not None and not hasattr(segmenter, "segment"):
         raise ValueError(f"segmenter must have a segment(X) method, got {type(segmenter).__name__}")
-    if random_state is not None and (isinstance(random_state, (bool, np.bool_))
-                                     or not isinstance(random_state, numbers.Integral) or random_state < 0):
-        raise ValueError(f"random_state must be None or an integer >= 0, got {random_state!r}")
+    check_param("occlusion_accuracy", "random_state", random_state, [None, Integral(0, None)])
     batch_size = check_batch_size(batch_size)
     module, X, y, device = prepare(model, X, y)
     n, _, h, w = X.shape

@@ -19,12 +19,13 @@ intervals and seed-matched differences of ``docs/results.md`` with these functio
 from __future__ import annotations
 
 import inspect
-import numbers
 import statistics
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 from scipy import stats as _sps
+
+from .._params import Integral, Real, check_param
 
 __all__ = ["mcnemar_exact", "pooled_mcnemar_exact", "paired_bootstrap_ci", "seed_matched_differences"]
 
@@ -219,8 +220,9 @@ def paired_bootstrap_ci(correct_a, correct_b, confidence=0.95, n_resamples=10000
     Raises
     ------
     ValueError
-        Invalid correctness arrays (see :func:`mcnemar_exact`), fewer than 2 images, or a
-        ``confidence`` outside (0, 1), or a non-positive ``n_resamples``.
+        Invalid correctness arrays (see :func:`mcnemar_exact`), fewer than 2 images, a
+        ``confidence`` outside (0, 1), a non-positive ``n_resamples`` or a ``random_state``
+        that is not None, an int >= 0 or a numpy Generator.
 
     Examples
     --------
@@ -237,14 +239,9 @@ def paired_bootstrap_ci(correct_a, correct_b, confidence=0.95, n_resamples=10000
     a, b = _check_pair(correct_a, correct_b)
     if a.shape[0] < 2:
         raise ValueError(f"a bootstrap interval needs at least 2 images, got {a.shape[0]}")
-    if isinstance(confidence, (bool, np.bool_)) or not isinstance(confidence, numbers.Real) \
-            or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
-    if isinstance(n_resamples, (bool, np.bool_)) or not isinstance(n_resamples, numbers.Integral) \
-            or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
-    if isinstance(random_state, (bool, np.bool_)):
-        raise ValueError(f"random_state must be None, an int or a numpy Generator, got {random_state!r}")
+    check_param("paired_bootstrap_ci", "confidence", confidence, [Real(0, 1, closed="neither")])
+    check_param("paired_bootstrap_ci", "n_resamples", n_resamples, [Integral(1, None)])
+    check_param("paired_bootstrap_ci", "random_state", random_state, [None, Integral(0, None), np.random.Generator])
     rng = np.random.default_rng(random_state)
     af, bf = a.astype(np.float64), b.astype(np.float64)
     res = _sps.bootstrap((af, bf), _difference_of_means, paired=True, vectorized=True,

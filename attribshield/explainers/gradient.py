@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .._params import Options, Real, check_param
+from .._params import Integral, Options, Real, check_param, validate_params
 from .._validation import check_labels
 from ..base import Component, eval_mode
 from ._attribution import Attribution
@@ -32,8 +32,11 @@ __all__ = ["GradientExplainer", "attribute_from_grad", "OUTPUTS"]
 OUTPUTS = ("proba", "log_proba")
 
 
+_FILL_CONSTRAINTS = [Options("mean"), Real()]
+
+
 def _check_fill(fill, owner) -> None:
-    check_param(owner, "fill", fill, [Options("mean"), Real()])
+    check_param(owner, "fill", fill, _FILL_CONSTRAINTS)
 
 
 def attribute_from_grad(X, grad, segments, target, *, fill="mean", value=None) -> Attribution:
@@ -216,14 +219,16 @@ class GradientExplainer(Component):
         self.output = output
         self.batch_size = batch_size
 
+    _parameter_constraints = {
+        "fill": _FILL_CONSTRAINTS,
+        "output": [Options(*OUTPUTS)],
+        "batch_size": [Integral(1, None)],
+    }
+
     def _validate_params(self) -> None:
         if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
             raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
-        _check_fill(self.fill, "GradientExplainer")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        validate_params(self)
 
     def explain(self, model, X, target=None, *, segments=None, samples=None) -> Attribution:
         """Explain the predictions of ``model`` on ``X``.

@@ -32,7 +32,6 @@ control that picks the same number of segments at random) through :class:`_Segme
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -40,6 +39,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._params import Integral, Options, Real, validate_params
 from .._utils import module_device
 from .._validation import check_images, check_labels
 from ..base import Component, eval_mode, get_module
@@ -107,14 +107,6 @@ class SpuriousSelection:
         return SpuriousSelection(**out)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def _max_normalise(s: torch.Tensor) -> torch.Tensor:
     """Divide each row by its maximum (rows whose maximum is <= 0 become 0)."""
     mx = s.amax(1, keepdim=True)
@@ -131,15 +123,15 @@ class _SegmentMasker(Component):
     """
 
     # ----------------------------------------------------------------- validation
+    _parameter_constraints = {
+        "fill": [Options(*FILLS)],
+        "top_k": [Integral(1, None)],
+        "fill_value": [Real(0, 1)],
+        "blur_sigma": [None, Real(0, None, closed="neither")],
+    }
+
     def _validate_params(self) -> None:
-        if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
-        if not _is_int(self.top_k) or self.top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
-        if not _is_real(self.fill_value) or not 0 <= self.fill_value <= 1:
-            raise ValueError(f"fill_value must be a number in [0, 1], got {self.fill_value!r}")
-        if self.blur_sigma is not None and (not _is_real(self.blur_sigma) or not self.blur_sigma > 0):
-            raise ValueError(f"blur_sigma must be None or a finite number > 0, got {self.blur_sigma!r}")
+        validate_params(self)
 
     def _selection_threshold(self):
         """``None`` for top-k selection, else the score threshold."""
@@ -472,19 +464,14 @@ class LimeMasker(_SegmentMasker):
         self.blur_sigma = blur_sigma
 
     # ----------------------------------------------------------------- validation
-    def _validate_params(self) -> None:
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-        super()._validate_params()
-        if self.threshold is not None and (not _is_real(self.threshold) or not 0 < self.threshold <= 1):
-            raise ValueError(
-                f"threshold must be None or a number in (0, 1] (scores are relative to the image's "
-                f"most spurious segment), got {self.threshold!r}"
-            )
-        if not _is_real(self.noise_std) or not self.noise_std > 0:
-            raise ValueError(f"noise_std must be a finite number > 0, got {self.noise_std!r}")
-        if not _is_int(self.n_noise) or self.n_noise < 1:
-            raise ValueError(f"n_noise must be an integer >= 1, got {self.n_noise!r}")
+    _parameter_constraints = {
+        "criterion": [Options(*CRITERIA)],
+        **_SegmentMasker._parameter_constraints,
+        # scores are relative to the image's most spurious segment
+        "threshold": [None, Real(0, 1, closed="right")],
+        "noise_std": [Real(0, None, closed="neither")],
+        "n_noise": [Integral(1, None)],
+    }
 
     def _selection_threshold(self):
         return self.threshold

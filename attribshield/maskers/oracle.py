@@ -21,33 +21,23 @@ arm with both::
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._params import Integral, Real, check_param, validate_params
 from .._utils import check_method
 from ..base import Component, eval_mode, get_module
 from ..data.shortcut import shortcut_palette
 from ..explainers import Attribution
 from ..explainers.segmentation import default_segmenter
-from .fill import FILLS
 from .lime_masker import SpuriousSelection, _SegmentMasker
 
 __all__ = ["OracleMasker", "OracleExplainer", "OracleAttribution", "detect_patch"]
 
 _DEFAULT_TOL = 0.5 / 255  # half an 8-bit level: uint8 images divided by 255 match exactly
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v))
 
 
 def _check_palette(palette) -> np.ndarray:
@@ -65,14 +55,18 @@ def _check_palette(palette) -> np.ndarray:
     return arr
 
 
+#: the patch detection's parameters, shared by detect_patch, OracleExplainer and OracleMasker
+_DETECTION_CONSTRAINTS = {
+    "patch_size": [Integral(1, None)],
+    "tol": [Real(0, 0.5, closed="left")],
+    "corners_only": [bool],
+}
+
+
 def _check_detection(palette, patch_size, tol, corners_only) -> np.ndarray:
     pal = _check_palette(palette)
-    if not _is_int(patch_size) or patch_size < 1:
-        raise ValueError(f"patch_size must be an integer >= 1, got {patch_size!r}")
-    if not _is_real(tol) or not 0 <= tol < 0.5:
-        raise ValueError(f"tol must be a number in [0, 0.5), got {tol!r}")
-    if not isinstance(corners_only, (bool, np.bool_)):
-        raise ValueError(f"corners_only must be True or False, got {corners_only!r}")
+    for name, value in (("patch_size", patch_size), ("tol", tol), ("corners_only", corners_only)):
+        check_param("detect_patch", name, value, _DETECTION_CONSTRAINTS[name])
     return pal
 
 
@@ -245,8 +239,11 @@ class OracleExplainer(Component):
         self.corners_only = corners_only
         self.segmenter = segmenter
 
+    _parameter_constraints = {**_DETECTION_CONSTRAINTS}
+
     def _validate_params(self) -> None:
-        _check_detection(self.palette, self.patch_size, self.tol, self.corners_only)
+        _check_palette(self.palette)
+        validate_params(self)
         if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
             raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
 
@@ -422,14 +419,15 @@ class OracleMasker(_SegmentMasker):
                                corners_only=self.corners_only, segmenter=segmenter)
 
     # ----------------------------------------------------------------- validation
+    # the segment maskers' fill parameters (no top_k: every patch segment is selected)
+    _parameter_constraints = {
+        **_DETECTION_CONSTRAINTS,
+        **{k: c for k, c in _SegmentMasker._parameter_constraints.items() if k != "top_k"},
+    }
+
     def _validate_params(self) -> None:
-        _check_detection(self.palette, self.patch_size, self.tol, self.corners_only)
-        if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
-        if not _is_real(self.fill_value) or not 0 <= self.fill_value <= 1:
-            raise ValueError(f"fill_value must be a number in [0, 1], got {self.fill_value!r}")
-        if self.blur_sigma is not None and (not _is_real(self.blur_sigma) or not self.blur_sigma > 0):
-            raise ValueError(f"blur_sigma must be None or a finite number > 0, got {self.blur_sigma!r}")
+        _check_palette(self.palette)
+        validate_params(self)
 
     # ----------------------------------------------------------------- scoring
     def needs(self) -> frozenset:
