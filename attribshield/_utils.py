@@ -107,5 +107,15 @@ def quiet():
         yield
 
 
+def to_bits(ok) -> str:
+    """Per-image correctness as a string of ``0``/``1`` (compact, JSON-safe report records)."""
+    return "".join("1" if v else "0" for v in np.asarray(to_numpy(ok), dtype=bool).reshape(-1).tolist())
+
+
+def from_bits(bits: str) -> np.ndarray:
+    """The boolean array of a :func:`to_bits` string."""
+    return np.frombuffer(bits.encode("ascii"), dtype=np.uint8) == ord("1")
+
+
 def to_numpy(t) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

@@ -396,6 +396,32 @@ def test_corruption_accuracy_validation():
         corruption_accuracy(model, X, y, corruptions=["not_a_corruption"], severities=[1])
 
 
+def test_corruption_records_pair_up_for_mcnemar(tmp_path):
+    """evaluate_model keeps CIFAR-10-C per-image records; corruption_records reads them back from
+    the JSON report, so two models' records pair up for the registered exact McNemar test."""
+    pytest.importorskip("attribshield.data.cifar10c")
+    from attribshield.evaluation import corruption_records
+    from attribshield.evaluation.stats import mcnemar_exact
+
+    g = np.random.default_rng(0)
+    X = g.random((6, 3, 32, 32)).astype("float32")
+    y = np.arange(6) % 3
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    direct = corruption_accuracy(model, X, y, corruptions=["fog", "gaussian_noise"], severities=[1, 3],
+                                 return_per_sample=True)
+    rec = corruption_records(direct)
+    assert rec.dtype == bool and rec.shape == (2 * 2 * 6,) and rec.mean() == pytest.approx(direct["mean"])
+    res = evaluate_model(model, X, y, eps=0.01, steps=1, restarts=1, n_queries=2, occlusion=None,
+                         cifar10c=True, out_dir=tmp_path, n_classes=3)
+    back = json.loads((tmp_path / "report.json").read_text())["corruptions"]
+    from_json = corruption_records(back)
+    assert from_json.shape == (15 * 5 * 6,) and from_json.mean() == pytest.approx(res["corruptions"]["mean"])
+    assert mcnemar_exact(from_json, from_json)["pvalue"] == 1.0
+    with pytest.raises(ValueError, match="per_sample"):
+        corruption_records({k: v for k, v in direct.items() if k != "per_sample"})
+
+
 # --------------------------------------------------------------------------- stability
 def test_topk_intersection_and_spearman_by_hand():
     a = np.array([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])

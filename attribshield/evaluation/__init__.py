@@ -10,7 +10,7 @@ Every function takes a ``torch.nn.Module`` returning logits or a fitted
 :class:`~attribshield.RobustAttributionClassifier`, plus images ``X`` ``(N, C, H, W)`` in
 [0, 1] and labels ``y`` ``(N,)``.
 """
-from .corruptions import corruption_accuracy
+from .corruptions import corruption_accuracy, corruption_records
 from .occlusion import occlude_segments, occlusion_accuracy
 from .report import evaluate_model, write_report
 from .robust import (
@@ -37,6 +37,7 @@ __all__ = [
     "accuracy_vs_eps",
     "robustness_report",
     "corruption_accuracy",
+    "corruption_records",
     "occlusion_accuracy",
     "occlude_segments",
     "attribution_stability",

@@ -8,13 +8,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._params import Integral, check_param
-from .._utils import check_batch_size
+from .._utils import check_batch_size, from_bits
 from .._validation import check_labels
 from ..base import get_module
 from ..data.cifar10c import CORRUPTIONS, EXTRA_CORRUPTIONS, corrupt
 from .robust import clean_accuracy
 
-__all__ = ["corruption_accuracy"]
+__all__ = ["corruption_accuracy", "corruption_records"]
 
 
 def _default_corruptions():
@@ -22,7 +22,7 @@ def _default_corruptions():
 
 
 def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), random_state=0, *,
-                        batch_size=256, progress=False):
+                        batch_size=256, progress=False, return_per_sample=False):
     """Accuracy on corrupted copies of ``X`` for every (corruption, severity) pair.
 
     Parameters
@@ -47,6 +47,9 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
     batch_size : int, default=256
     progress : bool, default=False
         tqdm progress bar over the (corruption, severity) blocks.
+    return_per_sample : bool, default=False
+        Also return each image's correctness in every block (``per_sample``), the record a
+        paired test needs (:func:`corruption_records`).
 
     Returns
     -------
@@ -54,7 +57,8 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
         ``table``: ``{name: {severity: accuracy}}``; ``mean``: mean over the whole table
         (the CIFAR-10-C benchmark number); ``per_corruption``: ``{name: mean over severities}``;
         ``per_severity``: ``{severity: mean over corruptions}``; ``corruptions`` and
-        ``severities``: the axes, in order.
+        ``severities``: the axes, in order; with ``return_per_sample``, ``per_sample``:
+        ``{name: {severity: bool array (N,)}}``.
 
     Examples
     --------
@@ -100,6 +104,7 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
         X = np.asarray(X.detach().cpu().numpy() if hasattr(X, "detach") else X)
     check_param("corruption_accuracy", "random_state", random_state, [None, Integral(0, None)])
     table = {name: {} for name in corruptions}
+    per_sample = {name: {} for name in corruptions}
     pairs = [(name, s) for name in corruptions for s in sevs]
     if progress:
         pairs = tqdm(pairs, desc="corruptions", unit="block")
@@ -111,12 +116,55 @@ def corruption_accuracy(model, X, y, corruptions=None, severities=range(1, 6), r
             seed = None if random_state is None else int(
                 np.random.SeedSequence([int(random_state), _name_key(name), s]).generate_state(1)[0])
             Xc = corrupt(X, name, s, random_state=seed)
-        table[name][s] = clean_accuracy(model, Xc, y, batch_size=batch_size)
+        ok = clean_accuracy(model, Xc, y, batch_size=batch_size, return_per_sample=True)
+        per_sample[name][s] = np.asarray(ok, dtype=bool)
+        table[name][s] = float(per_sample[name][s].mean())
     per_corruption = {c: float(np.mean([table[c][s] for s in sevs])) for c in corruptions}
     per_severity = {s: float(np.mean([table[c][s] for c in corruptions])) for s in sevs}
     mean = float(np.mean([table[c][s] for c in corruptions for s in sevs]))
-    return {"table": table, "mean": mean, "per_corruption": per_corruption, "per_severity": per_severity,
-            "corruptions": corruptions, "severities": sevs}
+    out = {"table": table, "mean": mean, "per_corruption": per_corruption, "per_severity": per_severity,
+           "corruptions": corruptions, "severities": sevs}
+    if return_per_sample:
+        out["per_sample"] = per_sample
+    return out
+
+
+def corruption_records(result) -> np.ndarray:
+    """One correctness record over every (corruption, severity, image) of a CIFAR-10-C result.
+
+    Parameters
+    ----------
+    result : dict
+        A :func:`corruption_accuracy` result with ``per_sample`` (bool arrays), or its JSON form
+        in an evaluation report (``0``/``1`` strings, keys as strings).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n_corruptions * n_severities * N,)
+        Blocks in the order of ``result["corruptions"]`` x ``result["severities"]``; its mean
+        is ``result["mean"]``.  Two models' records on the same images pair up for
+        :func:`attribshield.evaluation.stats.mcnemar_exact`.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    >>> X, y = np.random.rand(4, 3, 32, 32).astype("float32"), np.arange(4)
+    >>> res = corruption_accuracy(model, X, y, corruptions=["fog"], severities=[1, 2], return_per_sample=True)
+    >>> rec = corruption_records(res)
+    >>> rec.shape, bool(rec.mean() == res["mean"])
+    ((8,), True)
+    """
+    per = result.get("per_sample")
+    if per is None:
+        raise ValueError("the result holds no per_sample records: run corruption_accuracy(..., "
+                         "return_per_sample=True) (evaluate_model stores them)")
+    blocks = []
+    for name in result["corruptions"]:
+        for s in result["severities"]:
+            rec = per[name][s] if s in per[name] else per[name][str(s)]
+            blocks.append(from_bits(rec) if isinstance(rec, str) else np.asarray(rec, dtype=bool))
+    return np.concatenate(blocks)
 
 
 def _name_key(name: str) -> int:

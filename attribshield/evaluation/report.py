@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .._params import Integral, check_param
-from .._utils import channels_last_copy, check_flag
+from .._utils import channels_last_copy, check_flag, to_bits
 from .._validation import check_images, check_labels
 from ..attacks import PGD
 from ..base import get_module
@@ -293,7 +293,7 @@ def _occlusion_section(module, X, y, ks, n_samples, random_state, batch_size, sa
         per = occlusion_accuracy(module, X, y, ks, mode=mode, explainer=explainer if mode == "attributed" else None,
                                  random_state=random_state, batch_size=batch_size, return_per_sample=True)
         out[mode] = [float(per[k].mean()) for k in ks]
-        out["per_sample"][mode] = ["".join("1" if v else "0" for v in per[k].tolist()) for k in ks]
+        out["per_sample"][mode] = [to_bits(per[k]) for k in ks]
         if progress:
             accs = " / ".join(f"{a:.4f}" for a in out[mode])
             print(f"  occlusion ({mode}), k = {'/'.join(map(str, ks))}: {accs} ({time.perf_counter() - start:.0f} s)",
@@ -389,7 +389,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     if occlusion is True:
         occlusion = DEFAULT_OCCLUSION
     if occlusion is not None and occlusion is not False:
-        occ_k, _ = _check_ks(occlusion if isinstance(occlusion, (list, tuple, range, np.ndarray)) else [occlusion])
+        occ_k, _ = _check_ks(occlusion if isinstance(occlusion, (list, tuple, range, np.ndarray)) else [occlusion],
+                             "evaluate_model")
         check_param("evaluate_model", "occlusion_samples", occlusion_samples, [Integral(2, None)])
         n_seg = int(default_segmenter(*Xt.shape[2:]).segment(Xt[:1]).max()) + 1
         if max(occ_k) > n_seg:
@@ -411,11 +412,14 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
                                                   batch_size, say, progress)
     if cifar10c is not None and cifar10c is not False:
         if cifar10c is True:
-            results["corruptions"] = corruption_accuracy(module, Xt.cpu().numpy(), yt, random_state=random_state,
-                                                         batch_size=batch_size, progress=progress)
+            cor = corruption_accuracy(module, Xt.cpu().numpy(), yt, random_state=random_state,
+                                      batch_size=batch_size, progress=progress, return_per_sample=True)
         else:
-            results["corruptions"] = corruption_accuracy(module, cifar10c, y, batch_size=batch_size,
-                                                         progress=progress)
+            cor = corruption_accuracy(module, cifar10c, y, batch_size=batch_size, progress=progress,
+                                      return_per_sample=True)
+        # per-image records (0/1 strings) for paired tests: corruption_records reads them back
+        cor["per_sample"] = {c: {s: to_bits(ok) for s, ok in v.items()} for c, v in cor["per_sample"].items()}
+        results["corruptions"] = cor
     if bounds:
         say(f"lower bound and minimal distortion on {min(n_bound, len(Xt))} images")
         Xb, yb = Xt[:n_bound], yt[:n_bound]

@@ -28,6 +28,7 @@ from .._utils import (
     predict,
     prepare,
     quiet,
+    to_bits,
     to_numpy,
 )
 from ..attacks import PGD, project
@@ -453,7 +454,7 @@ def robustness_report(model, X, y, eps, norm="Linf", *, steps=50, restarts=5, st
     big = PGD(eps=large, steps=max(steps, 20), norm=norm, restarts=1, random_state=random_state)
     large_acc = robust_accuracy(module, Xt, yt, big, batch_size=batch_size)
     done(f"PGD at eps={large:.4g}", large_acc)
-    bits = lambda ok: "".join("1" if v else "0" for v in ok.tolist())  # noqa: E731
+    bits = to_bits
     per_sample = {"clean": bits(clean), "pgd": bits(pgd_ok), "robust": bits(robust_ok)}
     if aa_ok is not None:
         per_sample["autoattack"] = bits(aa_ok)
