@@ -156,3 +156,11 @@ def test_parity_real_cifar_trained_model_float32_end_to_end(trained_cifar):
     # float32 forward passes against lime on the float64 model: within 1e-4 relative
     assert rel_err(ours.weights, ref.weights) < 1e-4
     assert rel_err(ours.intercept, ref.intercept) < 1e-4
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"n_samples": 1}, "n_samples"), ({"batch_size": 0}, "batch_size"), ({"kernel_width": 0}, "kernel_width"),
+    ({"random_state": -1}, "random_state")])
+def test_reference_explainer_rejects_bad_parameters_before_lime_runs(kwargs, name):
+    with pytest.raises(ValueError, match=f"LimeReferenceExplainer: {name} must be"):
+        LimeReferenceExplainer(**kwargs).explain(torch.nn.Flatten(), torch.zeros(1, 3, 8, 8))

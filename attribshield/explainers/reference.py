@@ -13,6 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
+from .._params import Integral, Real, validate_params
 from .._validation import check_labels
 from ..base import Component, eval_mode
 from ._attribution import Attribution
@@ -72,13 +73,15 @@ class LimeReferenceExplainer(Component):
         self.batch_size = batch_size
         self.random_state = random_state
 
+    _parameter_constraints = {
+        "n_samples": [Integral(2, None)],
+        "batch_size": [Integral(1, None)],
+        "kernel_width": [Real(0, None, closed="neither")],
+        "random_state": [None, Integral(0, None)],
+    }
+
     def _validate_params(self):
-        if not _is_int(self.n_samples) or self.n_samples < 2:
-            raise ValueError(f"n_samples must be an integer >= 2, got {self.n_samples!r}")
-        if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not (isinstance(self.kernel_width, (int, float)) and self.kernel_width > 0):
-            raise ValueError(f"kernel_width must be > 0, got {self.kernel_width!r}")
+        validate_params(self)
 
     def explain(self, model, X, target=None, *, segments=None) -> Attribution:
         """Explain ``model`` on ``X`` with ``lime``; same arguments and result as
