@@ -10,8 +10,10 @@ Protocol
   model's predicted class; the fit's wall time is reported.
 * Reference: exact LIME, ``LimeExplainer(n_samples=2000)`` (fp32, i.i.d. masks), on the first
   ``--n-test`` (200) test images, 4x4 grid, target = predicted class (cached).
-* Rows: the amortized explainer (and its ``use_gradient=True`` variant with ``--variants``),
-  exact LIME at 64 / 128 / 256 samples (calibration), all scored against the reference by
+* Rows: the amortized explainer (and other variants with ``--variants``), exact LIME at
+  64 / 128 / 256 samples (calibration), first-order attributions (the input gradient at ``x``,
+  at the half-way blend ``(x + fill) / 2`` that the amortized explainer takes as an input,
+  and integrated gradients with 8 points), all scored against the reference by
   the median Spearman of the 16 segment weights
   (:func:`attribshield.evaluation.segment_spearman`) and the mean top-3 overlap
   (:func:`attribshield.evaluation.topk_intersection`).
@@ -45,6 +47,8 @@ sys.path.insert(0, str(REPO))
 from attribshield.data import load_cifar10  # noqa: E402
 from attribshield.evaluation import segment_spearman, topk_intersection  # noqa: E402
 from attribshield.explainers import AmortizedLimeExplainer, GridSegmenter, LimeExplainer, LimeReferenceExplainer  # noqa: E402
+from attribshield.explainers._lime_math import fill_segments  # noqa: E402
+from attribshield.explainers.gradient import attribute_from_grad  # noqa: E402
 from attribshield.models import SmallCNN  # noqa: E402
 
 OUT = REPO / "runs" / "benchmarks"
@@ -143,9 +147,31 @@ def timed(fn, repeats=2):
     return best, out
 
 
+#: first-order rows: the input gradient of p_target averaged over points ``fill + a (x - fill)``
+#: of the straight path, times ``x - fill``, summed per segment (``a = 1``: GradientExplainer;
+#: midpoints of k equal steps: integrated gradients with k points)
+FIRST_ORDER = [("first-order at x (GradientExplainer)", [1.0]),
+               ("first-order at the half-way blend", [0.5]),
+               ("integrated gradients, 8 points", [(2 * i + 1) / 16 for i in range(8)])]
+
+
+def first_order(model, X, alphas):
+    """Segment weights of the averaged path gradient (see :data:`FIRST_ORDER`); ``(N, S)``."""
+    seg = GridSegmenter().segment(X).long()
+    with torch.no_grad():
+        target = model(X).argmax(1)
+    fill = fill_segments(X, seg, torch.zeros(len(X), 1, int(seg.max()) + 1, dtype=torch.bool)).reshape(X.shape)
+    grad = torch.zeros_like(X)
+    for a in alphas:
+        xb = (fill + a * (X - fill)).requires_grad_(True)
+        p = torch.softmax(model(xb), 1).gather(1, target[:, None]).sum()
+        grad += torch.autograd.grad(p, xb)[0] / len(alphas)
+    return attribute_from_grad(X, grad, seg, target, fill="mean").weights
+
+
 VARIANTS = {
     "default": {},
-    "gradient": {"use_gradient": True},
+    "no_gradient": {"use_gradient": False},
 }
 
 
@@ -182,6 +208,11 @@ def main(argv=None):
         rows.append({"explainer": f"exact LIME, {p} samples", "images_per_s": len(Xte) / t,
                      **scores(attr.weights, ref)})
         log(f"  {rows[-1]['explainer']}: {rows[-1]['median_spearman']:.3f}")
+
+    for label, alphas in FIRST_ORDER:
+        t, w = timed(lambda: first_order(model, Xte, alphas), repeats=1)
+        rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(w, ref)})
+        log(f"  {label}: {rows[-1]['median_spearman']:.3f}")
 
     lime_rate = None
     if args.lime_images > 0:
