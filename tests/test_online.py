@@ -115,7 +115,9 @@ def test_online_random_masker_needs_no_explanation(data, monkeypatch):
     assert "masked_loss" in clf.history[-1]
 
 
-def test_online_gradient_explainer_reuses_the_attack_gradient(data, monkeypatch):
+@pytest.fixture
+def input_grad_calls(monkeypatch):
+    """Records every extra input-gradient pass the training step makes."""
     calls = []
     orig = RobustAttributionClassifier._input_grad
 
@@ -124,23 +126,22 @@ def test_online_gradient_explainer_reuses_the_attack_gradient(data, monkeypatch)
         return orig(self, *a, **k)
 
     monkeypatch.setattr(RobustAttributionClassifier, "_input_grad", counting)
+    return calls
+
+
+def test_online_gradient_explainer_reuses_the_attack_gradient(data, input_grad_calls):
+    calls = input_grad_calls
     _online(masker=LimeMasker(criterion="irrelevant", top_k=2), audit_size=0).fit(*data)
     assert calls == []  # attribution and gradient mass both come from FGSM's gradient
 
 
-def test_two_phase_step_takes_the_adv_attribution_from_the_training_backward(data, monkeypatch):
+def test_two_phase_step_takes_the_adv_attribution_from_the_training_backward(data, monkeypatch,
+                                                                             input_grad_calls):
     """'combined' needs the attribution of x_adv: the step reads it off the adversarial term's
     backward instead of another forward/backward pass, and trains exactly as with that pass
     (TinyMLP has no batch norm or dropout, so train- and eval-mode gradients agree)."""
     kw = dict(masker=LimeMasker(criterion="combined", top_k=2), audit_size=0, max_epochs=1)
-    calls = []
-    orig = RobustAttributionClassifier._input_grad
-
-    def counting(self, *a, **k):
-        calls.append(1)
-        return orig(self, *a, **k)
-
-    monkeypatch.setattr(RobustAttributionClassifier, "_input_grad", counting)
+    calls = input_grad_calls
     two_phase = _online(**kw).fit(*data)
     assert calls == [] and two_phase._two_phase()
     monkeypatch.setattr(RobustAttributionClassifier, "_two_phase", lambda self: False)
