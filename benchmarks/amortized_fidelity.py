@@ -46,9 +46,13 @@ sys.path.insert(0, str(REPO))
 
 from attribshield.data import load_cifar10  # noqa: E402
 from attribshield.evaluation import segment_spearman, topk_intersection  # noqa: E402
-from attribshield.explainers import AmortizedLimeExplainer, GridSegmenter, LimeExplainer, LimeReferenceExplainer  # noqa: E402
-from attribshield.explainers._lime_math import fill_segments  # noqa: E402
-from attribshield.explainers.gradient import attribute_from_grad  # noqa: E402
+from attribshield.explainers import (  # noqa: E402
+    AmortizedLimeExplainer,
+    GradientExplainer,
+    GridSegmenter,
+    LimeExplainer,
+    LimeReferenceExplainer,
+)
 from attribshield.models import SmallCNN  # noqa: E402
 
 OUT = REPO / "runs" / "benchmarks"
@@ -147,26 +151,12 @@ def timed(fn, repeats=2):
     return best, out
 
 
-#: first-order rows: the input gradient of p_target averaged over points ``fill + a (x - fill)``
-#: of the straight path, times ``x - fill``, summed per segment (``a = 1``: GradientExplainer;
-#: midpoints of k equal steps: integrated gradients with k points)
-FIRST_ORDER = [("first-order at x (GradientExplainer)", [1.0]),
-               ("first-order at the half-way blend", [0.5]),
-               ("integrated gradients, 8 points", [(2 * i + 1) / 16 for i in range(8)])]
-
-
-def first_order(model, X, alphas):
-    """Segment weights of the averaged path gradient (see :data:`FIRST_ORDER`); ``(N, S)``."""
-    seg = GridSegmenter().segment(X).long()
-    with torch.no_grad():
-        target = model(X).argmax(1)
-    fill = fill_segments(X, seg, torch.zeros(len(X), 1, int(seg.max()) + 1, dtype=torch.bool)).reshape(X.shape)
-    grad = torch.zeros_like(X)
-    for a in alphas:
-        xb = (fill + a * (X - fill)).requires_grad_(True)
-        p = torch.softmax(model(xb), 1).gather(1, target[:, None]).sum()
-        grad += torch.autograd.grad(p, xb)[0] / len(alphas)
-    return attribute_from_grad(X, grad, seg, target, fill="mean").weights
+#: first-order rows (GradientExplainer): the input gradient at ``x``, at the half-way blend
+#: ``(x + fill) / 2`` (what the amortized explainer is given with ``use_gradient``) and
+#: integrated gradients from the fill with 8 points
+FIRST_ORDER = [("first-order at x (GradientExplainer)", {}),
+               ("first-order at the half-way blend (n_steps=1)", {"n_steps": 1}),
+               ("integrated gradients (n_steps=8)", {"n_steps": 8})]
 
 
 VARIANTS = {
@@ -209,9 +199,9 @@ def main(argv=None):
                      **scores(attr.weights, ref)})
         log(f"  {rows[-1]['explainer']}: {rows[-1]['median_spearman']:.3f}")
 
-    for label, alphas in FIRST_ORDER:
-        t, w = timed(lambda: first_order(model, Xte, alphas), repeats=1)
-        rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(w, ref)})
+    for label, params in FIRST_ORDER:
+        t, attr = timed(lambda: GradientExplainer(**params).explain(model, Xte), repeats=1)
+        rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(attr.weights, ref)})
         log(f"  {label}: {rows[-1]['median_spearman']:.3f}")
 
     lime_rate = None

@@ -276,6 +276,8 @@ def test_masker_criteria_run_on_gradient_explanations():
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 2.5}, "batch_size"),
         ({"batch_size": True}, "batch_size"),
+        ({"n_steps": 0}, "n_steps"),
+        ({"n_steps": 2.0}, "n_steps"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):
@@ -287,6 +289,34 @@ def test_bad_hyperparameters_raise(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         explainer.explain(Boom(), torch.rand(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("output", ["proba", "log_proba"])
+def test_integrated_gradients_add_up_to_the_change_from_the_fill(output):
+    """n_steps=k averages the gradient over the path from the fill to x: with many steps the
+    weights sum to out(x) - out(fill) (completeness), and the intercept is out(fill)."""
+    model, X = tiny_cnn().eval(), torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    seg = quadrants(3)
+    attr = GradientExplainer(n_steps=64, output=output).explain(model, X, segments=seg)
+    fill = segment_means(X, seg)
+    with torch.no_grad():
+        out = torch.log_softmax(model(fill).double(), 1).gather(1, attr.target[:, None])[:, 0]
+    out = out.exp() if output == "proba" else out
+    torch.testing.assert_close(attr.intercept.double(), out, rtol=0, atol=2e-3)
+    at_x = GradientExplainer(output=output).explain(model, X, segments=seg)
+    assert float((at_x.intercept.double() - out).abs().max()) > 5 * float((attr.intercept.double() - out).abs().max())
+
+
+def test_one_step_is_the_gradient_at_the_half_way_blend():
+    model, X = tiny_cnn().eval(), torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    seg = quadrants(2)
+    fill = segment_means(X, seg)
+    mid = ((X + fill) / 2).requires_grad_(True)
+    t = model(X).argmax(1)
+    p = torch.softmax(model(mid).double(), 1).gather(1, t[:, None]).sum()
+    (g,) = torch.autograd.grad(p, mid)
+    expected = attribute_from_grad(X, g, seg, t).weights
+    torch.testing.assert_close(GradientExplainer(n_steps=1).explain(model, X, segments=seg).weights, expected)
 
 
 def test_bad_inputs_raise():

@@ -163,6 +163,17 @@ class GradientExplainer(Component):
         an image).
     batch_size : int, default=256
         Images per forward/backward pass.
+    n_steps : int >= 1 or None, default=None
+        Where the gradient is taken.  ``None``: at ``x`` (what a training loop's attack
+        computes anyway, see :meth:`attribute_from_grad`).  ``k``: the mean of the gradients at
+        the midpoints of ``k`` equal steps on the straight path from the fill ``b`` to ``x``
+        (integrated gradients with the midpoint rule, Sundararajan et al. 2017), so that the
+        weights add up to about ``out(x) - out(b)``; ``n_steps=1`` is the gradient at the
+        half-way blend ``(x + b) / 2``.  Costs ``k`` forward and backward passes per image.
+        On the CIFAR-10 benchmark of docs/performance.md the median Spearman correlation with
+        exact LIME was 0.49 at ``x``, 0.76 with ``n_steps=1`` and 0.81 with ``n_steps=8``:
+        LIME's masks hide about half of the image, so gradients taken towards the fill match
+        its regression better.
 
     See Also
     --------
@@ -213,16 +224,18 @@ class GradientExplainer(Component):
         self._validate_params()
         return attribute_from_grad(X, grad, segments, target, fill=self.fill, value=value)
 
-    def __init__(self, segmenter=None, fill="mean", output="proba", batch_size=256):
+    def __init__(self, segmenter=None, fill="mean", output="proba", batch_size=256, n_steps=None):
         self.segmenter = segmenter
         self.fill = fill
         self.output = output
         self.batch_size = batch_size
+        self.n_steps = n_steps
 
     _parameter_constraints = {
         "fill": _FILL_CONSTRAINTS,
         "output": [Options(*OUTPUTS)],
         "batch_size": [Integral(1, None)],
+        "n_steps": [None, Integral(1, None)],
     }
 
     def _validate_params(self) -> None:
@@ -281,21 +294,36 @@ class GradientExplainer(Component):
         grad = torch.zeros_like(X)
         value = torch.empty(n, dtype=torch.float64, device=device)
         classes = torch.empty(n, dtype=torch.long, device=device)
+        steps = None if self.n_steps is None else int(self.n_steps)
         with eval_mode(module), torch.enable_grad():
             for a in range(0, n, bs):
                 b = min(a + bs, n)
-                xa = X[a:b].detach().clone().requires_grad_(True)
+                xa = X[a:b].detach().clone().requires_grad_(steps is None)
                 logits = _checked_logits(module, xa)
                 if a == 0 and target is not None:
                     check_labels(target, n, name="target", n_classes=logits.shape[1])
                 t = logits.detach().argmax(1) if target is None else target[a:b]
-                out = torch.log_softmax(logits.double(), 1).gather(1, t[:, None])[:, 0]
-                if self.output == "proba":
-                    out = out.exp()
-                if out.requires_grad:
-                    (g,) = torch.autograd.grad(out.sum(), xa, allow_unused=True)
-                    if g is not None:
-                        grad[a:b] = g
+                out = self._output(logits, t)
+                if steps is None:
+                    grad[a:b] = self._grad(out, xa)
+                else:  # integrated gradients from the fill to x, midpoint rule
+                    base = _fill_image(xa, seg[a:b], self.fill)
+                    for i in range(steps):
+                        xp = (base + (2 * i + 1) / (2 * steps) * (xa - base)).detach().requires_grad_(True)
+                        grad[a:b] += self._grad(self._output(_checked_logits(module, xp), t), xp) / steps
                 value[a:b] = out.detach()
                 classes[a:b] = t
         return attribute_from_grad(X, grad, seg, classes, fill=self.fill, value=value)
+
+    def _output(self, logits, t):
+        """The differentiated output per image: ``log p_t`` or ``p_t`` (float64)."""
+        out = torch.log_softmax(logits.double(), 1).gather(1, t[:, None])[:, 0]
+        return out.exp() if self.output == "proba" else out
+
+    @staticmethod
+    def _grad(out, x):
+        """``d out.sum() / d x`` (zeros where the output does not depend on ``x``)."""
+        if not out.requires_grad:
+            return torch.zeros_like(x)
+        (g,) = torch.autograd.grad(out.sum(), x, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
