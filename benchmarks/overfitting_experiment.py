@@ -42,6 +42,7 @@ the weight with eps; tune them (``--settings 16:1.25:<weight>``) before drawing 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -134,11 +135,15 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--verbose", type=int, default=None, help="skorch's per-epoch log (default 1; 0 with --smoke)")
     p.add_argument("--smoke", action="store_true", help="tiny end-to-end run on scikit-learn's digits")
+    p.add_argument("--plot", nargs="+", metavar="SUMMARY", help="only plot the curves of these summary.json "
+                   "files (into --out, a .png path) and exit")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.plot:
+        return replot(args.plot, args.out or "curves.png")
     smoke = args.smoke
     dflt = dict(dataset="digits" if smoke else "cifar10", model="digitsnet" if smoke else "preactresnet18",
                 train=160 if smoke else 10000, epochs=2 if smoke else 30, monitor_n=32 if smoke else 512,
@@ -256,7 +261,44 @@ def main(argv=None):
     }
     path = os.path.join(out, "summary.json")
     atomic_json(path, summary)
-    print(f"\nwrote {path}")
+    figure = plot_curves(rows, os.path.join(out, "curves.png"))
+    print(f"\nwrote {path} and {figure}")
+    return 0
+
+
+def plot_curves(runs, path):
+    """One panel per setting: the monitor's PGD (solid) and FGSM (dashed) accuracy on the
+    training images per epoch, a colour per arm, one line per seed; returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(r["setting"] for r in runs))
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    colours = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.6), squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for r in (r for r in runs if r["setting"] == setting):
+            epochs = range(1, len(r["curves"]["pgd"]) + 1)
+            label = f"{r['arm']} s{r['seed']}"
+            ax.plot(epochs, r["curves"]["pgd"], color=colours[r["arm"]], label=f"{label} PGD")
+            ax.plot(epochs, r["curves"]["fgsm"], color=colours[r["arm"]], ls="--", label=f"{label} FGSM")
+        ax.set(title=setting, xlabel="epoch", ylabel="accuracy on monitored training images", ylim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def replot(summaries, path):
+    """``--plot``: the curves of finished campaigns' summary.json files in one figure."""
+    runs = []
+    for s in summaries:
+        with open(s) as f:
+            runs += json.load(f)["runs"]
+    print(f"wrote {plot_curves(runs, path)}")
     return 0
 
 

@@ -70,3 +70,9 @@ def test_overfitting_experiment_smoke(tmp_path):
         assert 0 <= run["test_pgd"] <= run["test_clean"] <= 1
         assert "monitor_pgd_acc" in read_history(out / run["run_dir"])[-1]  # checkpointed with the epoch
     assert "COLLAPSED" in stdout or "no collapse" in stdout
+    assert (out / "curves.png").stat().st_size > 0
+    replotted = tmp_path / "again.png"
+    res = subprocess.run([sys.executable, str(BENCH / "overfitting_experiment.py"), "--plot", str(out / "summary.json"),
+                          "--out", str(replotted)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert replotted.stat().st_size > 0
