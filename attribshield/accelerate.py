@@ -157,5 +157,10 @@ class AcceleratedRobustAttributionClassifier(AccelerateMixin, RobustAttributionC
         """Backward pass through the accelerator (loss scaling, accumulation, DeepSpeed)."""
         self.accelerator.backward(loss)
 
+    def _two_phase(self) -> bool:
+        # two backward passes in one step would make DDP reduce (and mark ready) every
+        # parameter twice: with several processes the x_adv attribution takes its own pass
+        return self.accelerator.num_processes == 1 and super()._two_phase()
+
     def _perturb(self, module, X, y, sel, want_grad=False):
         return super()._perturb(self.accelerator.unwrap_model(module), X, y, sel, want_grad=want_grad)

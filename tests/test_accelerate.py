@@ -104,3 +104,14 @@ def test_verbose_zero_is_silent(capsys):
 def test_bad_device_is_a_value_error():
     with pytest.raises(ValueError, match="differs from the accelerator"):
         accelerated(device="meta").fit(X, y)
+
+
+def test_two_phase_backward_only_in_a_single_process(monkeypatch):
+    from attribshield.explainers import GradientExplainer
+
+    clf = accelerated(masker=LimeMasker(criterion="combined", top_k=2), explainer=GradientExplainer(),
+                      refine_mode="online", audit_size=0)
+    clf.fit(X, y)  # one process: online masks, x_adv's gradient from the step's first backward
+    assert clf._two_phase() and "masked_loss" in clf.history[-1]
+    monkeypatch.setattr(type(clf.accelerator), "num_processes", property(lambda self: 2))
+    assert not clf._two_phase()  # DDP: one backward per step
