@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 
-from .checkpoint import SafeCheckpoint, latest_checkpoint, load_checkpoint
+from .checkpoint import SafeCheckpoint, _write_text_atomic, latest_checkpoint, load_checkpoint
 from .presets import TrainConfig, build_estimator
 
 __all__ = ["RESUMABLE_CHANGES", "train_run", "load_run", "read_config", "read_history", "run_checkpoint"]
@@ -44,13 +44,6 @@ __all__ = ["RESUMABLE_CHANGES", "train_run", "load_run", "read_config", "read_hi
 #: config fields that may change when a run resumes (longer training, another machine)
 RESUMABLE_CHANGES = ("epochs", "device", "data_root")
 CONFIG = "config.json"
-
-
-def _write_json_atomic(path, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def run_checkpoint(run_dir) -> str | None:
@@ -141,7 +134,7 @@ def train_run(run_dir, cfg: TrainConfig, X, y, n_classes: int, *, meta=None, res
 
         if fixed(old) != fixed(record):
             raise ValueError(f"{run_dir} holds a run with another configuration; restart it or use another folder")
-    _write_json_atomic(os.path.join(run_dir, CONFIG), record)
+    _write_text_atomic(os.path.join(run_dir, CONFIG), json.dumps(record, indent=2))
     checkpoint = SafeCheckpoint(dirname=run_dir, use_safetensors=True, keep=2)
     clf = build_estimator(cfg, n_classes=n_classes, callbacks=[*callbacks, ("checkpoint", checkpoint)],
                           verbose=verbose, **overrides)
