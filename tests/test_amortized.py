@@ -17,6 +17,7 @@ from sklearn.model_selection import ParameterGrid
 from attribshield.explainers import (
     AmortizedLimeExplainer,
     Attribution,
+    GradientExplainer,
     GridSegmenter,
     draw_masks,
     fill_segments,
@@ -344,3 +345,37 @@ def test_parameter_grid():
         seen.add(tuple(sorted(params.items())))
     assert len(seen) == 16
     assert not hasattr(base, "net_")  # the grid never touched the base estimator
+
+
+def test_gain_scales_the_first_order_attribution_and_old_states_load():
+    """With ``use_gradient`` the network adds ``gain * first-order attribution`` to the target's
+    map; a state saved before the gain head existed loads with the gain at zero (its own
+    outputs) and fresh Adam moments."""
+    model = tiny_cnn()
+    X = images(12)
+    expl = small(use_gradient=True).fit(model, X)
+    net = expl.net_
+    with torch.no_grad():
+        net.gain.weight.zero_()
+        net.gain.bias.fill_(0.0)
+    base = expl.explain(model, X)
+    with torch.no_grad():
+        net.gain.bias.fill_(2.0)
+    shifted = expl.explain(model, X)
+    first = GradientExplainer(n_steps=1).explain(model, X, target=base.target)
+    # the gain of 2 adds twice the first-order attribution at the half-way blend
+    assert torch.allclose(shifted.weights - base.weights, 2 * first.weights.float(), atol=1e-5)
+    # a state without the gain head: the same outputs as that network (gain 0), training goes on
+    with torch.no_grad():
+        net.gain.bias.zero_()
+    state = expl.state_dict()
+    old = {k: v for k, v in state["net"].items() if not k.startswith("gain.")}
+    restored = small(use_gradient=True).load_state_dict({**state, "net": old})
+    assert torch.equal(restored.explain(model, X).weights, base.weights)
+    assert restored.optimizer_.state_dict()["state"] == {}  # the saved moments no longer fit
+    restored.partial_fit(model, X)
+    # likewise a pickle of such a network
+    del expl.net_.gain
+    unpickled = pickle.loads(pickle.dumps(expl))
+    assert torch.equal(unpickled.explain(model, X).weights, base.weights)
+    unpickled.partial_fit(model, X)
