@@ -3,14 +3,16 @@
 Accuracy under our attacks and under independent ones (torchattacks' AutoAttack and the
 black-box Square attack), gradient-masking checks, accuracy under common corruptions
 (CIFAR-10-C) and under occlusion of image segments (random ones, or those the model's own
-attributions rank highest), stability of LIME explanations under attack, a robust-accuracy
-scorer for scikit-learn searches, and JSON/Markdown/PNG reports.
+attributions rank highest), stability of LIME explanations under attack, the fidelity of any
+explanation to the model on held-out perturbations, a robust-accuracy scorer for scikit-learn
+searches, and JSON/Markdown/PNG reports.
 
 Every function takes a ``torch.nn.Module`` returning logits or a fitted
 :class:`~attribshield.RobustAttributionClassifier`, plus images ``X`` ``(N, C, H, W)`` in
 [0, 1] and labels ``y`` ``(N,)``.
 """
 from .corruptions import corruption_accuracy, corruption_records
+from .fidelity import surrogate_r2
 from .occlusion import occlude_segments, occlusion_accuracy
 from .report import evaluate_model, write_report
 from .robust import (
@@ -38,6 +40,7 @@ __all__ = [
     "robustness_report",
     "corruption_accuracy",
     "corruption_records",
+    "surrogate_r2",
     "occlusion_accuracy",
     "occlude_segments",
     "attribution_stability",
