@@ -54,6 +54,12 @@ def test_exact_effects_fit_perfectly_and_rescale_scores_the_direction():
     shuffled = exact[:, torch.randperm(16, generator=torch.Generator().manual_seed(1))]
     worse = surrogate_r2(model, X, attribution(shuffled), fill=0.0, n_samples=64, rescale=True, random_state=0)
     assert (worse < 0.95).all()
+    # several explanations of the same images: the same masks, one (A, N) array
+    both = surrogate_r2(model, X, [attribution(exact), attribution(shuffled)], fill=0.0, n_samples=64,
+                        rescale=True, random_state=0)
+    assert both.shape == (2, len(X))
+    np.testing.assert_allclose(both[0], 1.0, atol=1e-6)
+    np.testing.assert_array_equal(both[1], worse)
 
 
 def test_lime_fits_held_out_masks_better_than_noise_and_seeds_fix_the_masks():
@@ -97,6 +103,12 @@ def test_bad_attribution_raises_before_any_forward_pass():
     model.register_forward_hook(lambda *a: calls.append(1))
     with pytest.raises(ValueError, match="Attribution"):
         surrogate_r2(model, X, exact)
+    with pytest.raises(ValueError, match="sequence"):
+        surrogate_r2(model, X, [])
+    other = attribution(exact)
+    other.target = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="share their segments and targets"):
+        surrogate_r2(model, X, [attribution(exact), other])
     with pytest.raises(ValueError, match="X holds 3 images"):
         surrogate_r2(model, torch.rand(3, 1, 8, 8), attribution(exact))
     with pytest.raises(ValueError, match="4x4"):

@@ -38,8 +38,10 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
         Returns logits ``(B, K)``; run in eval mode under ``no_grad``.
     X : array-like or torch.Tensor of shape (N, C, H, W)
         The explained images, in [0, 1].
-    attribution : Attribution
-        Explanations of ``X``: its ``segments``, ``weights``, ``valid`` and ``target`` are used.
+    attribution : Attribution or sequence of Attribution
+        Explanations of ``X``: their ``segments``, ``weights``, ``valid`` and ``target`` are
+        used.  Several explanations of the same images (same segments and targets, e.g. from
+        different explainers) are scored on the same masks with one set of forward passes.
     n_samples : int, default=512
         Masks per image (>= 3).
     fill : {"mean"}, float or tensor, default="mean"
@@ -55,7 +57,7 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
 
     Returns
     -------
-    numpy.ndarray of shape (N,)
+    numpy.ndarray of shape (N,), or (A, N) for a sequence of A attributions
         Weighted R^2 per image (at most 1; negative when the surrogate predicts worse than the
         weighted mean, which only happens without ``rescale``).
 
@@ -63,7 +65,8 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
     ------
     ValueError
         Invalid parameters, an attribution that is not an :class:`Attribution` or does not
-        match ``X`` (count or image size), before any forward pass.
+        match ``X`` (count or image size), or attributions with different segments or targets,
+        before any forward pass.
 
     Examples
     --------
@@ -80,26 +83,33 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
     check_param("surrogate_r2", "kernel_width", kernel_width, [Real(0, None, closed="neither")])
     rescale = check_flag(rescale, "rescale")
     batch_size = check_batch_size(batch_size, "surrogate_r2")
-    if not isinstance(attribution, Attribution):
-        raise ValueError(f"attribution must be an Attribution (an explainer's output), "
-                         f"got {type(attribution).__name__}")
+    single = isinstance(attribution, Attribution)
+    attrs = [attribution] if single else list(attribution) if isinstance(attribution, (list, tuple)) else None
+    if not attrs or not all(isinstance(a, Attribution) for a in attrs):
+        raise ValueError(f"attribution must be an Attribution (an explainer's output) or a non-empty sequence of "
+                         f"them, got {type(attribution).__name__}")
     module = get_module(model)
     X = check_images(X)
     n, _, h, w = X.shape
-    if attribution.weights.shape[0] != n or tuple(attribution.segments.shape) != (n, h, w):
+    first = attrs[0]
+    if first.weights.shape[0] != n or tuple(first.segments.shape) != (n, h, w):
         raise ValueError(
-            f"attribution explains {attribution.weights.shape[0]} images with segments of shape "
-            f"{tuple(attribution.segments.shape)[1:]}; X holds {n} images of {h}x{w}"
+            f"attribution explains {first.weights.shape[0]} images with segments of shape "
+            f"{tuple(first.segments.shape)[1:]}; X holds {n} images of {h}x{w}"
         )
+    for a in attrs[1:]:
+        if not (a.weights.shape == first.weights.shape and torch.equal(a.segments.cpu(), first.segments.cpu())
+                and torch.equal(a.target.cpu(), first.target.cpu())):
+            raise ValueError("the attributions must share their segments and targets (explanations of the same "
+                             "images for the same classes)")
     device = module_device(module, X.device)
     X = X.to(device)
-    seg = attribution.segments.to(device).long()
-    valid = attribution.valid.to(device)
-    coef = attribution.weights.to(device).double() * valid
-    target = attribution.target.to(device).long()
+    seg = first.segments.to(device).long()
+    valid = first.valid.to(device)
+    target = first.target.to(device).long()
     fimg = _fill_image(X, seg, fill)
     generator = make_generator(random_state, device)
-    keep = draw_masks(n, int(n_samples), coef.shape[1], method="lime", generator=generator, device=device)
+    keep = draw_masks(n, int(n_samples), valid.shape[1], method="lime", generator=generator, device=device)
     keep = keep | ~valid[:, None]  # padding columns match no pixel
     P = keep.shape[1]
     f = torch.empty(n, P, dtype=torch.float64, device=device)
@@ -111,16 +121,21 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
             probs = torch.softmax(logits.double(), 1).reshape(imgs.shape[0], P, -1)
             f[rows] = probs.gather(2, target[rows, None, None].expand(-1, P, 1))[..., 0]
     sw = lime_kernel(keep, valid, float(kernel_width)).double()
-    lin = (keep.double() * coef[:, None]).sum(2)  # (N, P)
     wn = sw / sw.sum(1, keepdim=True)
-    f_bar, lin_bar = (wn * f).sum(1, keepdim=True), (wn * lin).sum(1, keepdim=True)
-    fc, lc = f - f_bar, lin - lin_bar
-    if rescale:
-        var = (wn * lc**2).sum(1, keepdim=True)
-        scale = torch.where(var > 0, (wn * lc * fc).sum(1, keepdim=True) / var.clamp_min(1e-300), 0.0)
-        resid = fc - scale * lc
-    else:
-        resid = fc - lc
-    ss_res, ss_tot = (wn * resid**2).sum(1), (wn * fc**2).sum(1)
-    r2 = torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300), (ss_res <= 1e-24).double())
-    return to_numpy(r2)
+    fc = f - (wn * f).sum(1, keepdim=True)
+    ss_tot = (wn * fc**2).sum(1)
+    out = []
+    for a in attrs:
+        coef = a.weights.to(device).double() * valid
+        lin = (keep.double() * coef[:, None]).sum(2)  # (N, P)
+        lc = lin - (wn * lin).sum(1, keepdim=True)
+        if rescale:
+            var = (wn * lc**2).sum(1, keepdim=True)
+            scale = torch.where(var > 0, (wn * lc * fc).sum(1, keepdim=True) / var.clamp_min(1e-300), 0.0)
+            resid = fc - scale * lc
+        else:
+            resid = fc - lc
+        ss_res = (wn * resid**2).sum(1)
+        out.append(to_numpy(torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300),
+                                         (ss_res <= 1e-24).double())))
+    return out[0] if single else np.stack(out)
