@@ -16,7 +16,10 @@ Protocol
   and integrated gradients with 8 points), all scored against the reference by
   the median Spearman of the 16 segment weights
   (:func:`attribshield.evaluation.segment_spearman`) and the mean top-3 overlap
-  (:func:`attribshield.evaluation.topk_intersection`).
+  (:func:`attribshield.evaluation.topk_intersection`), and by their fit to the model itself on
+  ``--heldout-masks`` fresh LIME masks per test image, the same masks for every row
+  (:func:`attribshield.evaluation.surrogate_r2`: LIME's weighted R^2 with the intercept
+  refitted, and with the scale refitted too: the direction of the weights only).
 * Throughput: images/s of the amortized explainer's ``explain`` (best of two calls on the
   test images) against the ``lime`` package with its defaults (1,000 samples,
   ``batch_size=10``, via :class:`~attribshield.explainers.LimeReferenceExplainer`) on
@@ -45,9 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from attribshield.data import load_cifar10  # noqa: E402
-from attribshield.evaluation import segment_spearman, topk_intersection  # noqa: E402
+from attribshield.evaluation import segment_spearman, surrogate_r2, topk_intersection  # noqa: E402
 from attribshield.explainers import (  # noqa: E402
     AmortizedLimeExplainer,
+    Attribution,
     GradientExplainer,
     GridSegmenter,
     LimeExplainer,
@@ -177,6 +181,8 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="*", default=["default"],
                     help=f"named variants {sorted(VARIANTS)} or NAME='{{json params}}'")
     ap.add_argument("--lime-images", type=int, default=3, help="images timed for the lime package")
+    ap.add_argument("--heldout-masks", type=int, default=256,
+                    help="fresh LIME masks per test image for the held-out R^2 (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="amortized_fidelity.json")
     args = ap.parse_args(argv)
@@ -191,17 +197,19 @@ def main(argv=None):
     tag = f"{args.n_train}x{args.epochs}"
     ref = reference(model, Xte, args.ref_samples, tag, log)
     seg = GridSegmenter().segment(Xte[:1])
-    rows = []
+    rows, attrs = [], []
 
     for p in args.calibration:
         t, attr = timed(lambda: LimeExplainer(n_samples=p, random_state=1).explain(model, Xte), repeats=1)
         rows.append({"explainer": f"exact LIME, {p} samples", "images_per_s": len(Xte) / t,
                      **scores(attr.weights, ref)})
+        attrs.append((rows[-1], attr))
         log(f"  {rows[-1]['explainer']}: {rows[-1]['median_spearman']:.3f}")
 
     for label, params in FIRST_ORDER:
         t, attr = timed(lambda: GradientExplainer(**params).explain(model, Xte), repeats=1)
         rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(attr.weights, ref)})
+        attrs.append((rows[-1], attr))
         log(f"  {label}: {rows[-1]['median_spearman']:.3f}")
 
     lime_rate = None
@@ -228,19 +236,38 @@ def main(argv=None):
         if lime_rate:
             row["speedup_vs_lime"] = row["images_per_s"] / lime_rate
         rows.append(row)
+        attrs.append((row, attr))
         log(f"  {row['explainer']}: median Spearman {row['median_spearman']:.3f}, top-3 {row['top3_overlap']:.3f}, "
             f"fit {fit_wall:.0f} s wall / {fit_cpu:.0f} s CPU, {row['images_per_s']:.0f} images/s")
+
+    if args.heldout_masks > 0 and attrs:
+        a0 = attrs[0][1]
+        ref_row = {"explainer": f"exact LIME, {args.ref_samples} samples (the reference)"}
+        ref_attr = Attribution(segments=a0.segments, weights=ref.to(a0.weights.dtype), valid=a0.valid,
+                               intercept=a0.intercept, score=a0.score, target=a0.target)
+        scored = [(ref_row, ref_attr)] + attrs
+        t0 = time.perf_counter()
+        for key, rescale in (("heldout_r2", False), ("heldout_r2_rescaled", True)):
+            r2 = surrogate_r2(model, Xte, [a for _, a in scored], n_samples=args.heldout_masks, rescale=rescale,
+                              random_state=12345)
+            for (row, _), v in zip(scored, r2):
+                row[key] = float(np.median(v))
+        rows.insert(0, ref_row)
+        log(f"  held-out R^2 on {args.heldout_masks} masks per image: {time.perf_counter() - t0:.0f} s")
 
     print()
     print(f"Against exact LIME with {args.ref_samples} samples on {len(Xte)} CIFAR-10 test images "
           f"(4x4 grid, {int(seg.max()) + 1} segments, target = predicted class):")
-    print("| explainer | median Spearman | mean | 10% quantile | top-3 overlap | images/s | fit (wall / CPU s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| explainer | median Spearman | mean | 10% quantile | top-3 overlap | held-out R^2 (rescaled) "
+          "| images/s | fit (wall / CPU s) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         sp = (f"{r['median_spearman']:.3f} | {r['mean_spearman']:.3f} | {r['q10_spearman']:.3f} | "
               f"{r['top3_overlap']:.3f}") if "median_spearman" in r else " | | | "
+        r2 = f"{r['heldout_r2']:.3f} ({r['heldout_r2_rescaled']:.3f})" if "heldout_r2" in r else ""
         fit = f"{r['fit_wall_s']:.0f} / {r['fit_cpu_s']:.0f}" if "fit_wall_s" in r else ""
-        print(f"| {r['explainer']} | {sp} | {r['images_per_s']:.1f} | {fit} |")
+        rate = f"{r['images_per_s']:.1f}" if "images_per_s" in r else ""
+        print(f"| {r['explainer']} | {sp} | {r2} | {rate} | {fit} |")
     OUT.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args), "model_test_accuracy": acc, "torch": torch.__version__,
               "load_average": os.getloadavg(), "rows": rows}
