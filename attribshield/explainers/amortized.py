@@ -176,9 +176,12 @@ class AmortizedLimeExplainer(Component):
         and the all-ones mask carries mass ``1 / n_samples``, as in ``lime``.
     n_coalitions : int, default=8
         Masks drawn per image and training step (classifier passes per image and step).
-    hidden : int, default=32
+    hidden : int, default=8
         Channels of the network's first stage (it has ``hidden``, ``2 * hidden`` and
-        ``4 * hidden``).
+        ``4 * hidden``).  On the CIFAR-10 benchmark ``hidden`` 8, 16 and 32 reached the same
+        fidelity (median Spearman 0.74-0.76, the same held-out LIME objective): what the
+        network learns beyond its gradient input is the per-image gain, so the smallest
+        network is the default (about 4M multiply-adds per 32x32 image, against 50M at 32).
     use_gradient : bool, default=True
         Also feed the network the input gradient ``g`` of ``p_y`` at the half-way blend
         ``(x + fill) / 2`` and the first-order attribution ``g * (x - fill)`` (the linearised
@@ -241,7 +244,7 @@ class AmortizedLimeExplainer(Component):
     -----
     Cost of :meth:`explain` per image: one classifier forward pass (predicted class and
     ``p_y(x)``; plus one backward pass with ``use_gradient=True``) and one forward pass of the
-    explainer network (about 50M multiply-adds on a 32x32 image with ``hidden=32``, similar to
+    explainer network (about 4M multiply-adds on a 32x32 image with ``hidden=8``, a tenth of
     the ``SmallCNN`` classifier).  Cost of a training step per image: ``n_coalitions + 1``
     classifier forward passes and one forward/backward pass of the network.
 
@@ -303,7 +306,7 @@ class AmortizedLimeExplainer(Component):
         alpha=1.0,
         n_samples=1000,
         n_coalitions=8,
-        hidden=32,
+        hidden=8,
         use_gradient=True,
         all_classes=False,
         lr=2e-3,
