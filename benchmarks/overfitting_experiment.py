@@ -268,7 +268,7 @@ def main(argv=None):
 
 def plot_curves(runs, path):
     """One panel per setting: the monitor's PGD (solid) and FGSM (dashed) accuracy on the
-    training images per epoch, a colour per arm, one line per seed; returns ``path``."""
+    training images per epoch, a colour per arm, a marker per seed; returns ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,8 +282,9 @@ def plot_curves(runs, path):
         for r in (r for r in runs if r["setting"] == setting):
             epochs = range(1, len(r["curves"]["pgd"]) + 1)
             label = f"{r['arm']} s{r['seed']}"
-            ax.plot(epochs, r["curves"]["pgd"], color=colours[r["arm"]], label=f"{label} PGD")
-            ax.plot(epochs, r["curves"]["fgsm"], color=colours[r["arm"]], ls="--", label=f"{label} FGSM")
+            style = dict(color=colours[r["arm"]], marker="osD^v<>"[int(r["seed"]) % 7], ms=4)
+            ax.plot(epochs, r["curves"]["pgd"], label=f"{label} PGD", **style)
+            ax.plot(epochs, r["curves"]["fgsm"], ls="--", mfc="none", label=f"{label} FGSM", **style)
         ax.set(title=setting, xlabel="epoch", ylabel="accuracy on monitored training images", ylim=(0, 1))
         ax.legend(fontsize=7)
     fig.tight_layout()
