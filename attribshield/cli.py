@@ -66,7 +66,7 @@ def _cmd_evaluate(args):
     out = args.out or os.path.join(args.model, "eval")
     res = evaluate_model(clf.module_, X, y, eps=eps, norm=args.norm, autoattack=args.autoattack,
                          cifar10c=True if args.cifar10c else None, out_dir=out, n_classes=n_classes,
-                         bounds=args.bounds, steps=args.steps, restarts=args.restarts,
+                         bounds=args.bounds, steps=args.steps, restarts=args.restarts, step_size=args.step_size,
                          n_queries=args.square_queries, stability=args.stability, occlusion=args.occlusion,
                          occlusion_samples=args.occlusion_samples, channels_last=args.channels_last,
                          progress=True)
@@ -147,6 +147,8 @@ def build_parser():
     p.add_argument("--norm", choices=["Linf", "L2"], default="Linf")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--step-size", dest="step_size", type=float, default=None,
+                   help="PGD step (default: 2.5 * eps / steps), e.g. 0.00784 for 2/255")
     p.add_argument("--square-queries", dest="square_queries", type=int, default=1000)
     p.add_argument("--cifar10c", action="store_true", help="also the 15 corruptions x 5 severities")
     p.add_argument("--autoattack", action="store_true", help="also torchattacks' AutoAttack (slow)")

@@ -78,8 +78,9 @@ def test_flat_skorch_checkpoint_folder_still_resumes(tmp_path, capsys):
 def test_evaluate_writes_report(run_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", str(run_dir), "--n-test", "20", "--steps", "2", "--restarts", "1",
-                 "--square-queries", "20", "--stability", "4", "--out", str(out)]) == 0
+                 "--step-size", "0.05", "--square-queries", "20", "--stability", "4", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["robustness"]["settings"]["pgd_step_size"] == pytest.approx(0.05)
     acc = report["robustness"]["clean_accuracy"]
     assert len(report["stability"]["spearman"]) == 4
     assert 0.0 <= report["robustness"]["pgd_accuracy"] <= acc <= 1.0

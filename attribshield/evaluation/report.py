@@ -302,7 +302,8 @@ def _occlusion_section(module, X, y, ks, n_samples, random_state, batch_size, sa
 
 
 def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=None, out_dir=None,
-                   n_classes=10, steps=50, restarts=5, n_queries=1000, bounds=False, spurious_mask=None,
+                   n_classes=10, steps=50, restarts=5, step_size=None, n_queries=1000, bounds=False,
+                   spurious_mask=None,
                    bound_radius=None, n_bound=64, stability=0, occlusion=None, occlusion_samples=200,
                    random_state=0, batch_size=256, progress=False, channels_last=False):
     """Run the evaluation suite on ``model`` and optionally write the report.
@@ -327,6 +328,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     n_classes : int, default=10
     steps, restarts, n_queries
         PGD steps and restarts, Square queries.
+    step_size : float or None, default=None
+        PGD step; ``None``: ``2.5 * eps / steps`` (Madry et al.'s rule).
     bounds : bool, default=False
         Also estimate the attribution-aware lower bound and the smallest distortion found on
         the first ``n_bound`` points.  Without ``spurious_mask``, the spurious pixels are the
@@ -403,7 +406,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}"
         f"{' (channels_last)' if channels_last else ''}")
     results = {"robustness": robustness_report(module, Xt, yt, eps, norm, steps=steps, restarts=restarts,
-                                               autoattack=autoattack, n_classes=n_classes, n_queries=n_queries,
+                                               step_size=step_size, autoattack=autoattack, n_classes=n_classes,
+                                               n_queries=n_queries,
                                                random_state=random_state, batch_size=batch_size,
                                                progress=progress)}
     results["robustness"]["settings"]["channels_last"] = channels_last
