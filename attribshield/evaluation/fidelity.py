@@ -10,7 +10,7 @@ from .._utils import batches, check_batch_size, check_flag, module_device, to_nu
 from .._validation import check_images
 from ..base import eval_mode, get_module, make_generator
 from ..explainers._attribution import Attribution
-from ..explainers._lime_math import _fill_image, fill_segments, lime_kernel
+from ..explainers._lime_math import _fill_image, _r2, fill_segments, lime_kernel
 from ..explainers._sampling import draw_masks
 
 __all__ = ["surrogate_r2"]
@@ -122,20 +122,19 @@ def surrogate_r2(model, X, attribution, *, n_samples=512, fill="mean", kernel_wi
             f[rows] = probs.gather(2, target[rows, None, None].expand(-1, P, 1))[..., 0]
     sw = lime_kernel(keep, valid, float(kernel_width)).double()
     wn = sw / sw.sum(1, keepdim=True)
-    fc = f - (wn * f).sum(1, keepdim=True)
-    ss_tot = (wn * fc**2).sum(1)
+    f_bar = (wn * f).sum(1)
+    fc = f - f_bar[:, None]
     out = []
     for a in attrs:
         coef = a.weights.to(device).double() * valid
         lin = (keep.double() * coef[:, None]).sum(2)  # (N, P)
-        lc = lin - (wn * lin).sum(1, keepdim=True)
-        if rescale:
-            var = (wn * lc**2).sum(1, keepdim=True)
-            scale = torch.where(var > 0, (wn * lc * fc).sum(1, keepdim=True) / var.clamp_min(1e-300), 0.0)
-            resid = fc - scale * lc
-        else:
-            resid = fc - lc
-        ss_res = (wn * resid**2).sum(1)
-        out.append(to_numpy(torch.where(ss_tot > 0, 1.0 - ss_res / ss_tot.clamp_min(1e-300),
-                                         (ss_res <= 1e-24).double())))
+        lin_bar = (wn * lin).sum(1)
+        if rescale:  # the weighted least-squares scale of the centred surrogate
+            lc = lin - lin_bar[:, None]
+            var = (wn * lc**2).sum(1)
+            scale = torch.where(var > 0, (wn * lc * fc).sum(1) / var.clamp_min(1e-300), 0.0)
+            coef = coef * scale[:, None]
+            lin_bar = lin_bar * scale
+        # the weighted least-squares intercept, then LIME's own R^2 (_r2, as in Attribution.score)
+        out.append(to_numpy(_r2(keep, f, sw, valid, coef, f_bar - lin_bar)))
     return out[0] if single else np.stack(out)
