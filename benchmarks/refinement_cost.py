@@ -11,12 +11,17 @@ default, so the ratio measures compute, not the other jobs on a shared machine) 
 wall-time ratio.  ``--rounds R`` repeats the side-by-side comparison R times; medians.
 
     python benchmarks/refinement_cost.py [--train 5000] [--methods fgsm_rs full_gradient ...]
+
+A method may carry a masker criterion, ``<method>-<criterion>`` (``full_amortized-dominant``:
+the amortized method with the criterion that needs only the clean images' explanations).
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -37,10 +42,13 @@ def main():
     p.add_argument("--threads", type=int, default=1,
                    help="intra-op threads (default 1: process CPU time is then robust to other load)")
     p.add_argument("--methods", nargs="+",
-                   default=["fgsm_rs", "pgd", "full", "full_amortized", "full_gradient", "random_mask"])
+                   default=["fgsm_rs", "pgd", "full", "full_amortized", "full_gradient", "random_mask"],
+                   help="presets, or <preset>-<criterion> (e.g. full_amortized-dominant)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the comparison; median ratios")
     p.add_argument("--audit-size", type=int, default=0,
                    help="exact-LIME audit images per epoch (a fixed per-epoch cost, default off)")
+    p.add_argument("--profile", action="store_true",
+                   help="print a cProfile (CPU time) of each method's measured epoch, attribshield's functions")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "benchmarks", "refinement_cost.json"))
     args = p.parse_args()
 
@@ -49,8 +57,16 @@ def main():
     tune_allocator()
     import torch
 
-    from attribshield.presets import TrainConfig, build_estimator, load_dataset
+    from attribshield.maskers import CRITERIA
+    from attribshield.presets import METHODS, TrainConfig, build_estimator, load_dataset
 
+    arms = {}
+    for name in args.methods:
+        method, _, criterion = name.partition("-")
+        if method not in METHODS or (criterion and criterion not in CRITERIA):
+            p.error(f"unknown method {name!r}: a preset of {METHODS}, or <preset>-<criterion> with a "
+                    f"criterion of {CRITERIA}")
+        arms[name] = {"method": method, **({"criterion": criterion} if criterion else {})}
     torch.set_num_threads(args.threads)
     if not os.path.exists(os.path.join(args.cifar_root, "cifar-10-batches-py")):
         subprocess.run([sys.executable, os.path.join(ROOT, "..", "shared", "data", "materialize.py"),
@@ -58,7 +74,7 @@ def main():
     runs = []
     for r in range(args.rounds):
         for method in args.methods:
-            cfg = TrainConfig(dataset="cifar10", data_root=args.cifar_root, model="smallcnn", method=method,
+            cfg = TrainConfig(dataset="cifar10", data_root=args.cifar_root, model="smallcnn", **arms[method],
                               epochs=2, train_subset=args.train, refine_every=1,
                               refine_fraction=args.refine_fraction, lime_samples=args.lime_samples,
                               audit_size=args.audit_size, channels_last=not args.fp32, bf16=not args.fp32)
@@ -66,9 +82,17 @@ def main():
             clf = build_estimator(cfg, n_classes=n_classes, verbose=0, max_epochs=1,
                                   callbacks__refinement__progress=False)
             clf.fit(X, y)  # first epoch: warm-up (and the first refinement round of ``full``)
+            prof = cProfile.Profile(timer=time.process_time) if args.profile else None
             c0, t0 = time.process_time(), time.perf_counter()
+            if prof is not None:
+                prof.enable()
             clf.partial_fit(X, y)  # the measured epoch
+            if prof is not None:
+                prof.disable()
             cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+            if prof is not None:
+                print(f"--- {method}, round {r}: CPU time by function (cumulative)")
+                pstats.Stats(prof).sort_stats("cumulative").print_stats(r"attribshield[/\\]", 25)
             last = clf.history[-1]
             refine = float(last["refine_dur"]) if "refine_dur" in last else 0.0
             audit = float(last["audit_dur"]) if "audit_dur" in last else 0.0
@@ -91,10 +115,11 @@ def main():
                    audit_spearman=mine[-1]["audit_spearman"], ratio_cpu=float(np.median(ratio)),
                    ratio_wall=float(np.median(ratio_wall)), ratios_cpu=ratio)
         rows.append(row)
-    print(f"{'method':<16}{'CPU s':>8}{'wall s':>8}{'refine s':>10}{'audit s':>9}{'explained':>11}"
+    w = max(16, 2 + max(len(m) for m in args.methods))
+    print(f"{'method':<{w}}{'CPU s':>8}{'wall s':>8}{'refine s':>10}{'audit s':>9}{'explained':>11}"
           f"{'CPU vs ' + base_name:>16}{'wall vs':>9}")
     for r in rows:
-        print(f"{r['method']:<16}{r['cpu_s']:>8.1f}{r['epoch_s']:>8.1f}{r['refine_s']:>10.1f}{r['audit_s']:>9.1f}"
+        print(f"{r['method']:<{w}}{r['cpu_s']:>8.1f}{r['epoch_s']:>8.1f}{r['refine_s']:>10.1f}{r['audit_s']:>9.1f}"
               f"{r['images_explained']:>11d}{r['ratio_cpu']:>16.2f}{r['ratio_wall']:>9.2f}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -76,3 +76,16 @@ def test_overfitting_experiment_smoke(tmp_path):
                           "--out", str(replotted)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert replotted.stat().st_size > 0
+
+
+def test_refinement_cost_rejects_unknown_arms_before_work(tmp_path):
+    # "<preset>-<criterion>" arms: a bad preset or criterion stops at parsing, before any data or model
+    import os
+
+    res = subprocess.run([sys.executable, str(BENCH / "refinement_cost.py"), "--methods", "fgsm_rs",
+                          "full_amortized-sometimes",
+                          "--cifar-root", str(tmp_path / "absent"), "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **ENV})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "unknown method 'full_amortized-sometimes'" in res.stderr and "dominant" in res.stderr
+    assert not (tmp_path / "absent").exists() and not (tmp_path / "r.json").exists()
