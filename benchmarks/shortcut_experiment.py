@@ -34,7 +34,9 @@ it stopped, as ``attribshield train`` does), then measures
   the seeds both have (``attribshield.evaluation.stats``); per-image records are kept in each
   run folder (``eval_n<N>_pgd<steps>.npz``).
 
-Prints a table and writes ``<out>/summary.json``.
+Prints a table and the pre-registered verdict of every method arm against ``fgsm_rs`` (with
+three seeds or more; ``verdict``), and writes ``<out>/summary.json`` and ``<out>/shortcut.png``
+(bars per arm, a dot per seed; ``--plot SUMMARY`` redraws it from a summary).
 
     .venv/bin/python benchmarks/shortcut_experiment.py --data-root .cache/cifar10 --train 10000 \\
         --epochs 15 --seeds 0 1 2 --device cuda --set bf16=true channels_last=true
@@ -178,6 +180,89 @@ def evaluate(clf, cfg, variants, n_classes, steps):
     return {k: np.asarray(v, dtype=bool) for k, v in out.items()}
 
 
+#: the pre-registered rule (docs/results.md, "A planted shortcut"), in points of accuracy
+RULE = {"min_seeds": 3, "win_margin": 10.0, "win_p": 1e-3, "control_margin": 5.0, "max_clean_cost": 2.0,
+        "refute_margin": 3.0}
+
+
+def is_method_arm(arm):
+    """Arms the verdict judges: attribution-guided masking (not the references, control or oracle)."""
+    return arm.partition("-")[0] in ("full", "full_gradient", "full_amortized")
+
+
+def verdict(per_sample, arm, seeds, baseline="fgsm_rs", control="random_mask", rule=RULE):
+    """The pre-registered verdict of one method ``arm`` from per-image records.
+
+    ``per_sample[(arm, seed)]`` maps ``"rho0_clean"`` and ``"unpatched_clean"`` to boolean
+    arrays over the same test images for every arm.  Returns the quantities of the rule (in
+    points) and ``verdict``: ``"WINS"``, ``"REFUTED"``, ``"INCONCLUSIVE"``, or ``None`` with
+    fewer than ``rule["min_seeds"]`` seeds or without the baseline's / control's runs of the
+    same seeds.
+    """
+    seeds = [s for s in seeds if (arm, s) in per_sample and (baseline, s) in per_sample]
+    if not seeds:
+        return {"arm": arm, "seeds": [], "verdict": None, "reason": f"no seed with both {arm} and {baseline}"}
+
+    def mean(a, key, ss=seeds):
+        return 100.0 * float(np.mean([per_sample[(a, s)][key].mean() for s in ss]))
+
+    margins = [100.0 * float(per_sample[(arm, s)]["rho0_clean"].mean() - per_sample[(baseline, s)]["rho0_clean"].mean())
+               for s in seeds]
+    test = pooled_mcnemar_exact([(per_sample[(arm, s)]["rho0_clean"], per_sample[(baseline, s)]["rho0_clean"])
+                                 for s in seeds])
+    has_control = all((control, s) in per_sample for s in seeds)
+    over_control = mean(arm, "rho0_clean") - mean(control, "rho0_clean") if has_control else None
+    clean_cost = mean(baseline, "unpatched_clean") - mean(arm, "unpatched_clean")
+    out = {"arm": arm, "baseline": baseline, "control": control, "seeds": seeds, "margins": margins,
+           "mean_margin": float(np.mean(margins)), "pvalue": test["pvalue"], "over_control": over_control,
+           "clean_cost": clean_cost}
+    if len(seeds) < rule["min_seeds"] or not has_control:
+        why = (f"{len(seeds)} seed(s), the rule needs {rule['min_seeds']}" if len(seeds) < rule["min_seeds"]
+               else f"no {control} run for every seed")
+        return {**out, "verdict": None, "reason": why}
+    if out["mean_margin"] < rule["refute_margin"] or over_control <= 0:
+        v = "REFUTED"
+    elif (min(margins) >= rule["win_margin"] and test["pvalue"] < rule["win_p"]
+          and over_control >= rule["control_margin"] and clean_cost <= rule["max_clean_cost"]):
+        v = "WINS"
+    else:
+        v = "INCONCLUSIVE"
+    return {**out, "verdict": v, "reason": None}
+
+
+def plot_summary(summary, path):
+    """Grouped bars per arm (unpatched, rho = 0, PGD on rho = 0, gate), one dot per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = summary["arms"]
+    metrics = [("unpatched_clean", "clean, unpatched"), ("rho0_clean", "clean, wrong square (rho = 0)"),
+               ("rho0_pgd", f"PGD-{summary['pgd_steps']}, rho = 0"), ("gate", "gate: square selected")]
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(arms) + 2), 3.8))
+    for j, (key, label) in enumerate(metrics):
+        xs = np.arange(len(arms)) + (j - (len(metrics) - 1) / 2) * width
+        vals = [[(r[key] if key == "gate" else r["acc"][key]) for r in summary["runs"] if r["arm"] == a]
+                for a in arms]
+        ax.bar(xs, [np.mean(v) if v else np.nan for v in vals], width, label=label, alpha=0.8)
+        for x, v in zip(xs, vals):
+            ax.plot([x] * len(v), v, "k.", ms=4)
+    ax.set_xticks(np.arange(len(arms)))
+    ax.set_xticklabels(arms, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy / share")
+    seeds = sorted({r["seed"] for r in summary["runs"]})
+    ax.set_title(f"planted shortcut: {summary['dataset']}, {summary['n_train']} training images, rho = "
+                 f"{summary['rho']:g}, seeds {seeds} (dots)", fontsize=9)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.path.join(ROOT, ".cache", "cifar10"),
@@ -200,7 +285,10 @@ def build_parser():
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="other TrainConfig fields, e.g. --set lr=0.1 bf16=true lr_schedule=onecycle")
-    p.add_argument("--out", default=None, help="default: runs/shortcut/<dataset>-rho<rho>-p<patch>")
+    p.add_argument("--out", default=None, help="default: runs/shortcut/<dataset>-rho<rho>-p<patch> (with --plot: "
+                   "the figure's path)")
+    p.add_argument("--plot", default=None, metavar="SUMMARY",
+                   help="only draw the figure of a finished campaign's summary.json (to --out, default next to it)")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and evaluations")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--verbose", type=int, default=None, help="skorch's per-epoch log (default 1; 0 with --smoke)")
@@ -211,6 +299,12 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.plot:
+        with open(args.plot) as f:
+            summary = json.load(f)
+        path = args.out or os.path.join(os.path.dirname(os.path.abspath(args.plot)), "shortcut.png")
+        print(f"wrote {plot_summary(summary, path)}")
+        return 0
     smoke = args.smoke
     dflt = dict(dataset="digits" if smoke else "cifar10", model="digitsnet" if smoke else "smallcnn",
                 train=160 if smoke else 10000, epochs=2 if smoke else 15, patch_size=2 if smoke else 4,
@@ -317,6 +411,9 @@ def main(argv=None):
             pairs = [(per_sample[(arm, s)][metric], per_sample[(baseline, s)][metric]) for s in args.seeds]
             comparisons.append({"arm": arm, "baseline": baseline, "metric": metric, **pooled_mcnemar_exact(pairs)})
 
+    verdicts = [verdict(per_sample, arm, args.seeds, baseline=baseline)
+                for arm in arms if is_method_arm(arm) and baseline == "fgsm_rs"]
+
     header = f"{'arm':<26}{'gate':>7}{'clean':>8}{'rho1':>8}{'rho0':>8}{'shift1':>8}{'follow':>8}{'PGD rho0':>10}"
     print("\n" + header + "\n" + "-" * len(header))
     for arm, s in summary_arms.items():
@@ -326,16 +423,28 @@ def main(argv=None):
     for c in comparisons:
         print(f"  {c['arm']:<26}{c['metric']:<16}{100 * c['difference']:+7.1f}  p={c['pvalue']:.3g}")
 
+    if verdicts:
+        print("\npre-registered verdict on rho = 0 (points; docs/results.md, 'A planted shortcut'):")
+    for v in verdicts:
+        if not v["seeds"]:
+            print(f"  {v['arm']:<26}no verdict: {v['reason']}")
+            continue
+        ctrl = "n/a" if v["over_control"] is None else f"{v['over_control']:+.1f}"
+        said = v["verdict"] or f"no verdict: {v['reason']}"
+        print(f"  {v['arm']:<26}vs fgsm_rs {', '.join(f'{m:+.1f}' for m in v['margins'])} (p={v['pvalue']:.3g}), "
+              f"vs random_mask {ctrl}, clean cost {v['clean_cost']:+.1f}: {said}")
+
     summary = {
         "experiment": "shortcut", "dataset": args.dataset, "model": args.model, "n_train": int(len(X_tr)),
         "n_test": int(len(y_te)), "rho": args.rho, "patch_size": args.patch_size, "epochs": args.epochs,
         "seeds": args.seeds, "arms": arms, "baseline": baseline, "test_seed": TEST_SEED, "pgd_steps": args.pgd_steps,
         "eps": probe.eps, "fill": args.fill, "device": device, "smoke": smoke, "config_overrides": sets,
-        "runs": rows, "summary": summary_arms, "comparisons": comparisons,
+        "runs": rows, "summary": summary_arms, "comparisons": comparisons, "rule": RULE, "verdicts": verdicts,
     }
     path = os.path.join(out, "summary.json")
     atomic_json(path, summary)
-    print(f"\nwrote {path}")
+    fig = plot_summary(summary, os.path.join(out, "shortcut.png"))
+    print(f"\nwrote {path} and {fig}")
     return 0
 
 

@@ -48,6 +48,13 @@ def test_shortcut_experiment_smoke(tmp_path):
     assert oracle["gate"] == 1.0 and oracle["gate_precision"] == 1.0  # the oracle masks exactly the square
     assert {"arm", "baseline", "metric", "n10", "n01", "pvalue"} <= set(summary["comparisons"][0])
     assert "exact McNemar" in stdout
+    # one seed: the rule's quantities but no verdict; the figure is written and can be redrawn
+    v = {x["arm"]: x for x in summary["verdicts"]}
+    assert v and all(x["verdict"] is None and "1 seed(s)" in x["reason"] for x in v.values())
+    assert "no verdict" in stdout and (out / "shortcut.png").stat().st_size > 0
+    res = subprocess.run([sys.executable, str(BENCH / "shortcut_experiment.py"), "--plot", str(out / "summary.json"),
+                          "--out", str(tmp_path / "again.png")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and (tmp_path / "again.png").stat().st_size > 0, res.stderr[-2000:]
     # a second call resumes from the checkpoint (one more epoch), and keeps the other runs' results
     again, stdout2 = run_script("shortcut_experiment.py", out, "--methods", "oracle", "--epochs", "3")
     assert "oracle-s0: resuming after epoch 2" in stdout2
@@ -89,3 +96,57 @@ def test_refinement_cost_rejects_unknown_arms_before_work(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "unknown method 'full_amortized-sometimes'" in res.stderr and "dominant" in res.stderr
     assert not (tmp_path / "absent").exists() and not (tmp_path / "r.json").exists()
+
+
+def _shortcut_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shortcut_experiment", BENCH / "shortcut_experiment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _records(rho0, unpatched, n=1000):
+    """Per-image records with the first ``k`` images correct (the same images for every arm)."""
+    import numpy as np
+
+    def bits(acc):
+        return np.arange(n) < round(acc * n)
+
+    return {"rho0_clean": bits(rho0), "unpatched_clean": bits(unpatched)}
+
+
+@pytest.mark.parametrize("method, control, seeds, expected", [
+    ([(0.30, 0.70)] * 3, 0.15, 3, "WINS"),
+    ([(0.30, 0.70)] * 3, 0.30, 3, "REFUTED"),            # random masking does as well
+    ([(0.07, 0.70)] * 3, 0.05, 3, "REFUTED"),            # 2 points above FGSM-RS: under the 3-point floor
+    ([(0.17, 0.70), (0.17, 0.70), (0.13, 0.70)], 0.05, 3, "INCONCLUSIVE"),  # one seed 8 points above
+    ([(0.30, 0.67)] * 3, 0.15, 3, "INCONCLUSIVE"),      # 3 points of clean accuracy lost
+    ([(0.30, 0.70)] * 3, 0.27, 3, "INCONCLUSIVE"),      # only 3 points above random masking
+    ([(0.30, 0.70)], 0.15, 1, None),                    # a pilot: no verdict
+])
+def test_shortcut_verdict_follows_the_registered_rule(method, control, seeds, expected):
+    mod = _shortcut_module()
+    per = {}
+    for s in range(seeds):
+        per[("fgsm_rs", s)] = _records(0.05, 0.70)
+        per[("random_mask", s)] = _records(control, 0.70)
+        per[("full_gradient-dominant", s)] = _records(*method[s])
+    v = mod.verdict(per, "full_gradient-dominant", list(range(seeds)))
+    assert v["verdict"] == expected, v
+    assert v["margins"] == pytest.approx([100 * (m[0] - 0.05) for m in method[:seeds]])
+    assert v["over_control"] == pytest.approx(100 * (sum(m[0] for m in method[:seeds]) / seeds - control))
+    assert v["clean_cost"] == pytest.approx(100 * (0.70 - sum(m[1] for m in method[:seeds]) / seeds))
+
+
+def test_shortcut_verdict_needs_the_control_and_judges_only_method_arms():
+    mod = _shortcut_module()
+    per = {("fgsm_rs", s): _records(0.05, 0.7) for s in range(3)}
+    per.update({("full_gradient-dominant", s): _records(0.4, 0.7) for s in range(3)})
+    v = mod.verdict(per, "full_gradient-dominant", [0, 1, 2])
+    assert v["verdict"] is None and "random_mask" in v["reason"] and v["over_control"] is None
+    assert mod.verdict(per, "full_gradient-combined", [0, 1, 2])["seeds"] == []
+    assert [a for a in ("clean", "fgsm_rs", "random_mask", "oracle", "full_gradient-dominant",
+                        "full_amortized-combined") if mod.is_method_arm(a)] == ["full_gradient-dominant",
+                                                                               "full_amortized-combined"]
