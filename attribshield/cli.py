@@ -149,7 +149,8 @@ def build_parser():
     p.add_argument("--restarts", type=int, default=2)
     p.add_argument("--step-size", dest="step_size", type=float, default=None,
                    help="PGD step (default: 2.5 * eps / steps), e.g. 0.00784 for 2/255")
-    p.add_argument("--square-queries", dest="square_queries", type=int, default=1000)
+    p.add_argument("--square-queries", dest="square_queries", type=int, default=1000,
+                   help="queries of the black-box Square attack (default 1000; 0 skips it)")
     p.add_argument("--cifar10c", action="store_true", help="also the 15 corruptions x 5 severities")
     p.add_argument("--autoattack", action="store_true", help="also torchattacks' AutoAttack (slow)")
     p.add_argument("--bounds", action="store_true", help="also the lower bound and its violation rate")

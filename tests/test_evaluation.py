@@ -350,6 +350,25 @@ def test_evaluate_model_end_to_end(tmp_path):
     assert (tmp_path / "report.json").exists() and (tmp_path / "bound_vs_distortion.png").exists()
 
 
+def test_evaluate_model_without_square(tmp_path, monkeypatch):
+    from attribshield.evaluation import robust
+
+    def boom(*a, **k):
+        raise AssertionError("Square ran with n_queries=0")
+
+    monkeypatch.setattr(robust, "square_accuracy", boom)
+    model = _linear()
+    X = _data(6)
+    y = _labels_from(model, X)
+    res = evaluate_model(model, X, y, eps=0.05, out_dir=tmp_path, steps=2, restarts=1, n_queries=0)["robustness"]
+    assert res["square_accuracy"] is None and "square" not in res["per_sample"]
+    assert res["settings"]["square_queries"] is None and not res["gradient_masking"]["black_box_beats_white_box"]
+    assert res["robust_accuracy"] == res["pgd_accuracy"]  # the worst case is over the attacks that ran
+    assert "Square: not run." in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="n_queries"):
+        evaluate_model(model, X, y, eps=0.05, n_queries=-1)
+
+
 # --------------------------------------------------------------------------- corruptions
 def _rgb_linear():
     torch.manual_seed(0)

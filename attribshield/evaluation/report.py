@@ -81,7 +81,9 @@ def _markdown(results: dict) -> str:
                 lines.append(f"| {label} | {_fmt(rob[key])} |")
         s = rob.get("settings", {})
         lines += ["", f"PGD: {s.get('pgd_steps')} steps, {s.get('pgd_restarts')} restarts, "
-                      f"step {_fmt(s.get('pgd_step_size'), 6)}; Square: {s.get('square_queries')} queries.", ""]
+                      f"step {_fmt(s.get('pgd_step_size'), 6)}; "
+                      + (f"Square: {s['square_queries']} queries." if s.get("square_queries") else "Square: not run."),
+                  ""]
         curve = rob.get("eps_curve")
         if curve:
             lines += ["| eps | " + " | ".join(f"{e:.4g}" for e in curve["eps"]) + " |",
@@ -327,7 +329,8 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
         Write ``report.json``, ``report.md`` and figures there (:func:`write_report`).
     n_classes : int, default=10
     steps, restarts, n_queries
-        PGD steps and restarts, Square queries.
+        PGD steps and restarts, Square queries (``n_queries=0`` skips the Square attack, for
+        example when a stronger suite such as AutoAttack, which ends with Square, is run).
     step_size : float or None, default=None
         PGD step; ``None``: ``2.5 * eps / steps`` (Madry et al.'s rule).
     bounds : bool, default=False
@@ -385,6 +388,7 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     ([1, 2], 2)
     """
     check_param("evaluate_model", "stability", stability, [Integral(0, None)])
+    check_param("evaluate_model", "n_queries", n_queries, [Integral(0, None)])
     channels_last = check_flag(channels_last, "channels_last")
     Xt = check_images(X)
     yt = check_labels(y, Xt.shape[0])
@@ -402,12 +406,12 @@ def evaluate_model(model, X, y, *, eps, norm="Linf", autoattack=False, cifar10c=
     if channels_last:
         module = channels_last_copy(module)  # once, shared by every stage
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    say(f"evaluating {len(Xt)} images: clean, PGD ({steps} steps x {restarts} restarts), Square ({n_queries} "
-        f"queries), accuracy vs eps{', AutoAttack' if autoattack else ''}"
+    say(f"evaluating {len(Xt)} images: clean, PGD ({steps} steps x {restarts} restarts), "
+        f"{f'Square ({n_queries} queries), ' if n_queries else ''}accuracy vs eps{', AutoAttack' if autoattack else ''}"
         f"{' (channels_last)' if channels_last else ''}")
     results = {"robustness": robustness_report(module, Xt, yt, eps, norm, steps=steps, restarts=restarts,
                                                step_size=step_size, autoattack=autoattack, n_classes=n_classes,
-                                               n_queries=n_queries,
+                                               square=n_queries > 0, n_queries=max(int(n_queries), 1),
                                                random_state=random_state, batch_size=batch_size,
                                                progress=progress)}
     results["robustness"]["settings"]["channels_last"] = channels_last
