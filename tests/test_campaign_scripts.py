@@ -150,3 +150,56 @@ def test_shortcut_verdict_needs_the_control_and_judges_only_method_arms():
     assert [a for a in ("clean", "fgsm_rs", "random_mask", "oracle", "full_gradient-dominant",
                         "full_amortized-combined") if mod.is_method_arm(a)] == ["full_gradient-dominant",
                                                                                "full_amortized-combined"]
+
+
+def _write_report(path, acc, n=100):
+    """A report.json as ``attribshield evaluate --autoattack --cifar10c`` writes it, first images correct."""
+    import numpy as np
+
+    from attribshield._utils import to_bits
+
+    bits = lambda a: to_bits(np.arange(n) < round(a * n))  # noqa: E731
+    report = {"robustness": {"clean_accuracy": acc["clean"],
+                             "per_sample": {"clean": bits(acc["clean"]), "autoattack": bits(acc["aa"])}},
+              "corruptions": {"corruptions": ["fog", "snow"], "severities": [1, 5],
+                              "per_sample": {c: {str(s): bits(acc["c"]) for s in (1, 5)} for c in ("fog", "snow")}},
+              "occlusion": {"k": [1, 2], "per_sample": {"random": [bits(acc["occ"])] * 2,
+                                                        "attributed": [bits(acc["occ"])] * 2}}}
+    path.mkdir(parents=True)
+    (path / "report.json").write_text(json.dumps(report))
+
+
+def test_recipe_verdict_reads_reports_and_applies_the_rule(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_verdict", BENCH / "recipe_verdict.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    arms = {"fgsm_rs_eqtime": dict(clean=0.70, aa=0.40, c=0.60, occ=0.50),
+            "random_mask": dict(clean=0.70, aa=0.45, c=0.60, occ=0.70),
+            # ahead everywhere on AutoAttack; behind on CIFAR-10-C; ahead of FGSM-RS on occlusion
+            # but not of random masking
+            "full_gradient": dict(clean=0.69, aa=0.50, c=0.50, occ=0.60)}
+    for arm, acc in arms.items():
+        for seed in (0, 1, 2):
+            _write_report(tmp_path / f"{arm}-s{seed}" / "eval", acc)
+    rows = mod.campaign_verdict(str(tmp_path), ["full_gradient", "full_amortized"], "fgsm_rs_eqtime",
+                                "random_mask", [0, 1, 2])
+    fg, fa = rows
+    verdicts = {col: c["verdict"] for col, c in fg["columns"].items()}
+    assert verdicts == {"autoattack": "WINS", "cifar10c": "LOSES", "occlusion_random": "LEVEL",
+                        "occlusion_attributed": "LEVEL"}
+    assert fg["columns"]["autoattack"]["differences"] == pytest.approx([0.10] * 3)
+    assert fg["columns"]["cifar10c"]["n_seeds"] == 3 and fg["columns"]["autoattack"]["missing"] == []
+    assert fg["clean"] == {"full_gradient": pytest.approx(0.69), "fgsm_rs_eqtime": pytest.approx(0.70)}
+    assert all(c["verdict"] is None for c in fa["columns"].values())
+    assert "full_amortized-s0" in fa["columns"]["autoattack"]["missing"]
+    table = mod.render(rows, [0, 1, 2])
+    assert "**WINS** (+10.0 pts" in table and "**LOSES**" in table and "| `full_amortized` | not run" in table
+    # a seed without a baseline run: judged on the others, and the table says so
+    import shutil
+
+    shutil.rmtree(tmp_path / "fgsm_rs_eqtime-s2")
+    again = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0, 1, 2])
+    assert again[0]["columns"]["autoattack"]["seeds"] == [0, 1]
+    assert "seeds [0, 1] only" in mod.render(again, [0, 1, 2])

@@ -15,6 +15,7 @@ from attribshield.evaluation import stats
 from attribshield.evaluation.stats import (
     mcnemar_exact,
     paired_bootstrap_ci,
+    paired_verdict,
     pooled_mcnemar_exact,
     seed_matched_differences,
 )
@@ -192,3 +193,46 @@ def test_seed_matched_differences_pairs_by_seed():
                                                           "min": None, "max": None}
     with pytest.raises(ValueError, match="map seeds"):
         seed_matched_differences([0.4, 0.5], [0.3, 0.2])
+
+
+# --------------------------------------------------------------------------- paired_verdict
+def _acc(k, n=200):
+    """A record with the first ``k`` of ``n`` images correct (nested records: every pair is one-sided)."""
+    return np.arange(n) < k
+
+
+@pytest.mark.parametrize("method, baseline, control, expected", [
+    ([120, 125, 118], [100, 100, 100], [110, 110, 110], "WINS"),
+    ([120, 125, 118], [100, 100, 100], [125, 125, 125], "LEVEL"),   # random masking does better
+    ([120, 125, 99], [100, 100, 100], [90, 90, 90], "LEVEL"),       # behind on one seed
+    ([101, 102, 101], [100, 100, 100], [90, 90, 90], "LEVEL"),      # ahead everywhere, p = 0.25
+    ([80, 85, 90], [100, 100, 100], [90, 90, 90], "LOSES"),
+    ([80, 101, 90], [100, 100, 100], [90, 90, 90], "LEVEL"),        # ahead on one seed
+])
+def test_paired_verdict_follows_the_rule(method, baseline, control, expected):
+    res = paired_verdict([_acc(k) for k in method], [_acc(k) for k in baseline], [_acc(k) for k in control])
+    assert res["verdict"] == expected, res
+    assert res["differences"] == pytest.approx([(m - b) / 200 for m, b in zip(method, baseline)])
+    pooled = pooled_mcnemar_exact([(_acc(m), _acc(b)) for m, b in zip(method, baseline)])
+    assert res["pvalue"] == pooled["pvalue"] and res["difference"] == pooled["difference"]
+    assert res["control_difference"] == pytest.approx((sum(method) - sum(control)) / 600)
+    assert res["n_seeds"] == 3 and res["method_accuracy"] == pytest.approx(sum(method) / 600)
+
+
+def test_paired_verdict_alpha_decides_significance():
+    m, b, c = [_acc(105)], [_acc(100)], [_acc(100)]  # 5 one-sided discordant pairs: p = 2 / 32
+    assert paired_verdict(m, b, c, alpha=0.1)["verdict"] == "WINS"
+    assert paired_verdict(m, b, c)["verdict"] == "LEVEL"
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (([], [], []), {}, "at least one seed"),
+    (([_acc(1)], [_acc(1), _acc(2)], [_acc(1)]), {}, "one record per seed"),
+    (([_acc(1, 10)], [_acc(1, 9)], [_acc(1, 10)]), {}, "same images"),
+    (([_acc(1, 10)], [_acc(1, 10)], [_acc(1, 9)]), {}, "same images"),
+    (([[0, 2]], [[0, 1]], [[0, 1]]), {}, r"method\[0\] must hold booleans or 0/1"),
+    (([_acc(1)], [_acc(1)], [_acc(1)]), {"alpha": 1.0}, "alpha"),
+])
+def test_paired_verdict_rejects_bad_input(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        paired_verdict(*args, **kwargs)

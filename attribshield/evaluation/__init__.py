@@ -25,12 +25,13 @@ from .robust import (
 )
 from .scoring import make_robust_scorer
 from .stability import attribution_stability, segment_spearman, topk_intersection
-from .stats import mcnemar_exact, paired_bootstrap_ci, pooled_mcnemar_exact, seed_matched_differences
+from .stats import mcnemar_exact, paired_bootstrap_ci, paired_verdict, pooled_mcnemar_exact, seed_matched_differences
 
 __all__ = [
     "mcnemar_exact",
     "pooled_mcnemar_exact",
     "paired_bootstrap_ci",
+    "paired_verdict",
     "seed_matched_differences",
     "clean_accuracy",
     "robust_accuracy",

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import inspect
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as _sps
 
 from .._params import Integral, Real, check_param
 
-__all__ = ["mcnemar_exact", "pooled_mcnemar_exact", "paired_bootstrap_ci", "seed_matched_differences"]
+__all__ = ["mcnemar_exact", "pooled_mcnemar_exact", "paired_bootstrap_ci", "seed_matched_differences",
+           "paired_verdict"]
 
 
 def _check_correct(values, name: str) -> np.ndarray:
@@ -177,6 +178,84 @@ def pooled_mcnemar_exact(pairs: Iterable) -> dict:
         raise ValueError("pairs is empty: give one (correct_a, correct_b) pair per seed")
     return {"n10": n10, "n01": n01, "n": n, "n_pairs": n_pairs, "difference": (n10 - n01) / n,
             "pvalue": _mcnemar_from_counts(n10, n01)}
+
+
+def paired_verdict(method: Sequence, baseline: Sequence, control: Sequence, *, alpha: float = 0.05) -> dict:
+    """WINS / LOSES / LEVEL of a method against a baseline over seeds, with a control.
+
+    The rule of the standard-recipe campaign (docs/results.md, "Pre-registered verdict"): the
+    method **wins** if it is ahead of the baseline on every seed, the seeds' pooled exact
+    McNemar test (:func:`pooled_mcnemar_exact`) gives ``p < alpha``, and its accuracy over the
+    seeds is above the control's (the random-masking arm: guidance must beat unguided masking);
+    it **loses** if it is behind the baseline on every seed with ``p < alpha``; it is
+    **level** otherwise.
+
+    Parameters
+    ----------
+    method, baseline, control : sequence of correctness records
+        One per-image record per seed (bools, or numbers that are 0 or 1), in the same seed
+        order for the three; a seed's three records cover the same images.
+    alpha : float, default=0.05
+        Level of the pooled test, in (0, 1).
+
+    Returns
+    -------
+    result : dict
+        ``verdict`` (``"WINS"``, ``"LOSES"`` or ``"LEVEL"``); ``differences`` (the method's
+        accuracy minus the baseline's, per seed); ``difference`` and ``pvalue`` (pooled, from
+        :func:`pooled_mcnemar_exact`); ``control_difference`` (the method's accuracy minus the
+        control's, all seeds' images together); ``n_seeds``; and the accuracies
+        ``method_accuracy``, ``baseline_accuracy``, ``control_accuracy`` (all seeds together).
+
+    Raises
+    ------
+    ValueError
+        No seeds, different numbers of seeds, records of different lengths within a seed, a
+        record that is not 0/1, or ``alpha`` outside (0, 1).
+
+    Examples
+    --------
+    >>> m = [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]  # two seeds, five images each
+    >>> b = [[0, 0, 1, 1, 0], [0, 1, 0, 0, 1]]
+    >>> c = [[1, 0, 1, 1, 0], [1, 1, 0, 0, 1]]
+    >>> res = paired_verdict(m, b, c, alpha=0.1)
+    >>> res["verdict"], res["differences"], res["pvalue"]  # 5 discordant pairs, all for m: 2 / 2**5
+    ('WINS', [0.4, 0.6], 0.0625)
+    >>> paired_verdict(m, b, c, alpha=0.05)["verdict"]
+    'LEVEL'
+    """
+    check_param("paired_verdict", "alpha", alpha, [Real(0, 1, closed="neither")])
+    method, baseline, control = list(method), list(baseline), list(control)
+    if not method:
+        raise ValueError("paired_verdict needs at least one seed")
+    if not len(method) == len(baseline) == len(control):
+        raise ValueError(f"method, baseline and control must hold one record per seed each, got "
+                         f"{len(method)}, {len(baseline)} and {len(control)}")
+    diffs, vs_control, pairs = [], [], []
+    for i, (m, b, c) in enumerate(zip(method, baseline, control)):
+        m, b, c = (_check_correct(r, f"{name}[{i}]") for r, name in ((m, "method"), (b, "baseline"), (c, "control")))
+        if not m.shape == b.shape == c.shape:
+            raise ValueError(f"seed {i}: method, baseline and control must score the same images, got "
+                             f"{m.shape[0]}, {b.shape[0]} and {c.shape[0]} entries")
+        diffs.append(float(m.mean() - b.mean()))
+        vs_control.append((m, c))
+        pairs.append((m, b))
+    pooled = pooled_mcnemar_exact(pairs)
+    m_all = np.concatenate([m for m, _ in pairs])
+    b_all = np.concatenate([b for _, b in pairs])
+    c_all = np.concatenate([c for _, c in vs_control])
+    control_diff = float(m_all.mean() - c_all.mean())
+    significant = pooled["pvalue"] < alpha
+    if significant and all(d > 0 for d in diffs) and control_diff > 0:
+        verdict = "WINS"
+    elif significant and all(d < 0 for d in diffs):
+        verdict = "LOSES"
+    else:
+        verdict = "LEVEL"
+    return {"verdict": verdict, "differences": diffs, "difference": pooled["difference"],
+            "pvalue": pooled["pvalue"], "control_difference": control_diff, "n_seeds": len(diffs),
+            "method_accuracy": float(m_all.mean()), "baseline_accuracy": float(b_all.mean()),
+            "control_accuracy": float(c_all.mean())}
 
 
 def _rng_keyword() -> str:

@@ -1,0 +1,144 @@
+"""The standard-recipe campaign's pre-registered verdict, from the runs' evaluation reports.
+
+For every method (default ``full_amortized`` and ``full_gradient``) and column, the rule of
+docs/results.md ("Pre-registered verdict"), computed by
+:func:`attribshield.evaluation.stats.paired_verdict`: against the equal-wall-time FGSM-RS row
+(``fgsm_rs_eqtime``), the method WINS a column if it is ahead on every seed with a pooled exact
+McNemar p < 0.05 and ahead of ``random_mask`` too; it LOSES if it is behind on every seed with
+p < 0.05; otherwise it is LEVEL. Clean accuracy is reported beside each, not judged.
+
+The columns and the per-image records they pair (each run's ``<run>/<eval>/report.json``, as
+``attribshield evaluate --autoattack --cifar10c`` writes it):
+
+* ``autoattack``: the AutoAttack record (``robustness.per_sample.autoattack``);
+* ``cifar10c``: every (corruption, severity, image) outcome in one record
+  (:func:`attribshield.evaluation.corruption_records`);
+* ``occlusion_random`` / ``occlusion_attributed``: the records of every ``k`` the report has
+  (k = 1..4 by default), one after the other: one column per mode, every k judged together.
+
+A run, section or record that is missing leaves its column ``not run`` and names what is
+missing; a column is judged only on seeds that every arm has.
+
+    python benchmarks/recipe_verdict.py --runs runs/recipe [--seeds 0 1 2] [--out verdict.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from attribshield._utils import from_bits  # noqa: E402
+from attribshield.evaluation import corruption_records  # noqa: E402
+from attribshield.evaluation.stats import paired_verdict  # noqa: E402
+
+COLUMNS = ("autoattack", "cifar10c", "occlusion_random", "occlusion_attributed")
+
+
+def records(report: dict) -> dict:
+    """``{column: bool array}`` of the columns a report has, plus ``clean``."""
+    out = {}
+    rob = report.get("robustness") or {}
+    per = rob.get("per_sample") or {}
+    if "clean" in per:
+        out["clean"] = from_bits(per["clean"])
+    if "autoattack" in per:
+        out["autoattack"] = from_bits(per["autoattack"])
+    if report.get("corruptions") and report["corruptions"].get("per_sample"):
+        out["cifar10c"] = corruption_records(report["corruptions"])
+    occ = report.get("occlusion") or {}
+    for mode in ("random", "attributed"):
+        recs = (occ.get("per_sample") or {}).get(mode)
+        if recs:
+            out[f"occlusion_{mode}"] = np.concatenate([from_bits(r) for r in recs])
+    return out
+
+
+def load_records(runs: str, arm: str, seed: int, eval_dir: str) -> dict | None:
+    path = os.path.join(runs, f"{arm}-s{seed}", eval_dir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return records(json.load(f))
+
+
+def campaign_verdict(runs, methods, baseline, control, seeds, eval_dir="eval", alpha=0.05):
+    """One row per method: for each column the verdict (or why there is none) and clean accuracies."""
+    arms = [*methods, baseline, control]
+    recs = {(a, s): load_records(runs, a, s, eval_dir) for a in arms for s in seeds}
+    rows = []
+    for method in methods:
+        row = {"method": method, "baseline": baseline, "control": control, "columns": {}}
+        for col in COLUMNS:
+            have = [s for s in seeds if all(recs[(a, s)] is not None and col in recs[(a, s)]
+                                            for a in (method, baseline, control))]
+            missing = [f"{a}-s{s}" for s in seeds for a in (method, baseline, control)
+                       if recs[(a, s)] is None or col not in recs[(a, s)]]
+            if not have:
+                row["columns"][col] = {"verdict": None, "missing": missing}
+                continue
+            res = paired_verdict([recs[(method, s)][col] for s in have], [recs[(baseline, s)][col] for s in have],
+                                 [recs[(control, s)][col] for s in have], alpha=alpha)
+            row["columns"][col] = {**res, "seeds": have, "missing": missing}
+        clean = {}
+        for a in (method, baseline):
+            vals = [float(recs[(a, s)]["clean"].mean()) for s in seeds
+                    if recs[(a, s)] is not None and "clean" in recs[(a, s)]]
+            clean[a] = float(np.mean(vals)) if vals else None
+        row["clean"] = clean
+        rows.append(row)
+    return rows
+
+
+def render(rows, seeds) -> str:
+    head = "| method vs " + rows[0]["baseline"] + " | " + " | ".join(COLUMNS) + " | clean (method / baseline) |"
+    lines = [head, "|---" * (len(COLUMNS) + 2) + "|"]
+    for row in rows:
+        cells = []
+        for col in COLUMNS:
+            c = row["columns"][col]
+            if c["verdict"] is None:
+                cells.append("not run")
+                continue
+            partial = "" if len(c["seeds"]) == len(seeds) else f", seeds {c['seeds']} only"
+            cells.append(f"**{c['verdict']}** ({100 * c['difference']:+.1f} pts, p={c['pvalue']:.3g}; "
+                         f"vs {row['control']} {100 * c['control_difference']:+.1f}{partial})")
+        cl = row["clean"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        cells.append(f"{fmt(cl[row['method']])} / {fmt(cl[row['baseline']])}")
+        lines.append(f"| `{row['method']}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=os.path.join(ROOT, "runs", "recipe"), help="folder of <arm>-s<seed> runs")
+    p.add_argument("--methods", nargs="+", default=["full_amortized", "full_gradient"])
+    p.add_argument("--baseline", default="fgsm_rs_eqtime", help="the equal-wall-time FGSM-RS arm's folder prefix")
+    p.add_argument("--control", default="random_mask")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--eval-dir", default="eval", help="each run's evaluation folder (default: eval)")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    rows = campaign_verdict(args.runs, args.methods, args.baseline, args.control, args.seeds, args.eval_dir,
+                            args.alpha)
+    print(render(rows, args.seeds))
+    for row in rows:
+        gaps = {col: c["missing"] for col, c in row["columns"].items() if c["missing"]}
+        if gaps:
+            print(f"  {row['method']}: missing runs or records: "
+                  + "; ".join(f"{col}: {', '.join(m)}" for col, m in gaps.items()))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
