@@ -263,6 +263,46 @@ def plot_summary(summary, path):
     return path
 
 
+def plot_explanations(modules, X, y, path, *, k=3, n_samples=500):
+    """LIME's top-``k`` cells of the true class for the same planted images under each arm's model.
+
+    ``modules``: ``{label: module}``, one row each; ``X``, ``y``: a few planted test images.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import mark_boundaries
+
+    from attribshield.explainers import LimeExplainer
+
+    n = len(X)
+    fig, axes = plt.subplots(len(modules), n, figsize=(1.5 * n + 1.6, 1.6 * len(modules)), squeeze=False)
+    imgs = X.permute(0, 2, 3, 1).double().numpy()
+    imgs = np.repeat(imgs, 3, axis=-1) if imgs.shape[-1] == 1 else imgs
+    for r, (label, module) in enumerate(modules.items()):
+        att = LimeExplainer(n_samples=n_samples, random_state=0).explain(module, X, y)
+        top, seg = att.top_segments(k).cpu(), att.segments.cpu()
+        with torch.no_grad():
+            pred = module(X).argmax(1)
+        for i in range(n):
+            keep = torch.isin(seg[i], top[i]).numpy()
+            ax = axes[r, i]
+            shown = np.clip(imgs[i] * (0.2 + 0.8 * keep[..., None]), 0, 1)
+            ax.imshow(mark_boundaries(shown, keep.astype(int), color=(1, 1, 0), mode="inner"),
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"pred {int(pred[i])} (y={int(y[i])})", fontsize=6)
+        axes[r, 0].set_ylabel(label, fontsize=7)
+    fig.suptitle(f"LIME's top-{k} cells of the true class (outlined; {n_samples} samples), test images whose "
+                 "square names the true class", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=os.path.join(ROOT, ".cache", "cifar10"),
@@ -287,6 +327,9 @@ def build_parser():
                    help="other TrainConfig fields, e.g. --set lr=0.1 bf16=true lr_schedule=onecycle")
     p.add_argument("--out", default=None, help="default: runs/shortcut/<dataset>-rho<rho>-p<patch> (with --plot: "
                    "the figure's path)")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="also draw LIME's top-3 cells under every arm's model for the first N planted test "
+                        "images (rho = 1), per seed: <out>/explanations_s<seed>.png")
     p.add_argument("--plot", default=None, metavar="SUMMARY",
                    help="only draw the figure of a finished campaign's summary.json (to --out, default next to it)")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and evaluations")
@@ -344,8 +387,9 @@ def main(argv=None):
           f"{args.patch_size}x{args.patch_size} square, {args.epochs} epochs, arms {arms}, seeds {args.seeds}, "
           f"{device}; out {out}", flush=True)
 
-    rows, per_sample = [], {}
+    rows, per_sample, explained = [], {}, []
     for seed in args.seeds:
+        modules = {}
         X_pl, info = plant_shortcut(X_tr, y_tr, rho=args.rho, patch_size=args.patch_size, n_classes=n_classes,
                                     random_state=seed, return_info=True)
         g = min(args.gate_n, len(X_pl))
@@ -384,6 +428,7 @@ def main(argv=None):
                 gres = gate(clf, cfg, X_gate, y_gate, info_gate)
                 atomic_json(gate_cache, gres)
             per_sample[(arm, seed)] = res
+            modules[arm] = clf.module_
             hist = list(clf.history)
             row = {"arm": arm, "method": method, "criterion": cfg.criterion if clf.masker is not None else None,
                    "seed": seed, "run_dir": os.path.relpath(run_dir, out), "epochs": len(hist),
@@ -395,6 +440,12 @@ def main(argv=None):
             print(f"  {arm}-s{seed}: gate {row['gate']:.3f}, unpatched {a['unpatched_clean']:.3f}, "
                   f"rho0 {a['rho0_clean']:.3f}, shift1 {a['shift1_clean']:.3f}, "
                   f"PGD-{args.pgd_steps} rho0 {a['rho0_pgd']:.3f}", flush=True)
+
+        if args.explain > 0:
+            Xe, ye = variants["rho1"]
+            m = min(args.explain, len(ye))
+            explained.append(plot_explanations({a: mod.cpu().eval() for a, mod in modules.items()},
+                                               Xe[:m], ye[:m], os.path.join(out, f"explanations_s{seed}.png")))
 
     summary_arms = {}
     for arm in arms:
@@ -444,7 +495,7 @@ def main(argv=None):
     path = os.path.join(out, "summary.json")
     atomic_json(path, summary)
     fig = plot_summary(summary, os.path.join(out, "shortcut.png"))
-    print(f"\nwrote {path} and {fig}")
+    print(f"\nwrote {path} and {fig}" + "".join(f", {e}" for e in explained))
     return 0
 
 

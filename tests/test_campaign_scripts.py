@@ -29,7 +29,7 @@ def run_script(name, out, *extra, timeout=300):
 @pytest.mark.slow
 def test_shortcut_experiment_smoke(tmp_path):
     out = tmp_path / "shortcut"
-    summary, stdout = run_script("shortcut_experiment.py", out)
+    summary, stdout = run_script("shortcut_experiment.py", out, "--explain", "3")
     assert {"experiment", "dataset", "rho", "patch_size", "arms", "baseline", "runs", "summary",
             "comparisons", "test_seed", "pgd_steps"} <= set(summary)
     assert summary["experiment"] == "shortcut" and summary["dataset"] == "digits" and summary["smoke"]
@@ -52,6 +52,7 @@ def test_shortcut_experiment_smoke(tmp_path):
     v = {x["arm"]: x for x in summary["verdicts"]}
     assert v and all(x["verdict"] is None and "1 seed(s)" in x["reason"] for x in v.values())
     assert "no verdict" in stdout and (out / "shortcut.png").stat().st_size > 0
+    assert (out / "explanations_s0.png").stat().st_size > 0 and "explanations_s0.png" in stdout
     res = subprocess.run([sys.executable, str(BENCH / "shortcut_experiment.py"), "--plot", str(out / "summary.json"),
                           "--out", str(tmp_path / "again.png")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and (tmp_path / "again.png").stat().st_size > 0, res.stderr[-2000:]
