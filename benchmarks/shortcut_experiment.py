@@ -251,12 +251,13 @@ def plot_summary(summary, path):
             ax.plot([x] * len(v), v, "k.", ms=4)
     ax.set_xticks(np.arange(len(arms)))
     ax.set_xticklabels(arms, rotation=20, ha="right")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.3)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy / share")
     seeds = sorted({r["seed"] for r in summary["runs"]})
     ax.set_title(f"planted shortcut: {summary['dataset']}, {summary['n_train']} training images, rho = "
                  f"{summary['rho']:g}, seeds {seeds} (dots)", fontsize=9)
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
