@@ -231,19 +231,18 @@ def paired_verdict(method: Sequence, baseline: Sequence, control: Sequence, *, a
     if not len(method) == len(baseline) == len(control):
         raise ValueError(f"method, baseline and control must hold one record per seed each, got "
                          f"{len(method)}, {len(baseline)} and {len(control)}")
-    diffs, vs_control, pairs = [], [], []
+    ms, bs, cs = [], [], []
     for i, (m, b, c) in enumerate(zip(method, baseline, control)):
         m, b, c = (_check_correct(r, f"{name}[{i}]") for r, name in ((m, "method"), (b, "baseline"), (c, "control")))
         if not m.shape == b.shape == c.shape:
             raise ValueError(f"seed {i}: method, baseline and control must score the same images, got "
                              f"{m.shape[0]}, {b.shape[0]} and {c.shape[0]} entries")
-        diffs.append(float(m.mean() - b.mean()))
-        vs_control.append((m, c))
-        pairs.append((m, b))
-    pooled = pooled_mcnemar_exact(pairs)
-    m_all = np.concatenate([m for m, _ in pairs])
-    b_all = np.concatenate([b for _, b in pairs])
-    c_all = np.concatenate([c for _, c in vs_control])
+        ms.append(m)
+        bs.append(b)
+        cs.append(c)
+    diffs = [float(m.mean() - b.mean()) for m, b in zip(ms, bs)]
+    pooled = pooled_mcnemar_exact(zip(ms, bs))
+    m_all, b_all, c_all = np.concatenate(ms), np.concatenate(bs), np.concatenate(cs)
     control_diff = float(m_all.mean() - c_all.mean())
     significant = pooled["pvalue"] < alpha
     if significant and all(d > 0 for d in diffs) and control_diff > 0:
