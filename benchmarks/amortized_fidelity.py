@@ -12,8 +12,9 @@ Protocol
   ``--n-test`` (200) test images, 4x4 grid, target = predicted class (cached).
 * Rows: the amortized explainer (and other variants with ``--variants``), exact LIME at
   64 / 128 / 256 samples (calibration), first-order attributions (the input gradient at ``x``,
-  at the half-way blend ``(x + fill) / 2`` that the amortized explainer takes as an input,
-  and integrated gradients with 8 points), all scored against the reference by
+  at the half-way blend ``(x + fill) / 2`` that the amortized explainer takes as an input by
+  default, integrated gradients with 8 points, and the mean gradient over 4 / 8 / 16 random
+  per-segment blends, ``GradientExplainer(path="cube")``), all scored against the reference by
   the median Spearman of the 16 segment weights
   (:func:`attribshield.evaluation.segment_spearman`) and the mean top-3 overlap
   (:func:`attribshield.evaluation.topk_intersection`), and by their fit to the model itself on
@@ -27,7 +28,7 @@ Protocol
 
 Usage::
 
-    .venv/bin/python benchmarks/amortized_fidelity.py [--threads 2] [--variants default gradient]
+    .venv/bin/python benchmarks/amortized_fidelity.py [--threads 2] [--variants default cube4]
 
 Prints a table and writes ``runs/benchmarks/amortized_fidelity.json``.
 """
@@ -156,15 +157,21 @@ def timed(fn, repeats=2):
 
 
 #: first-order rows (GradientExplainer): the input gradient at ``x``, at the half-way blend
-#: ``(x + fill) / 2`` (what the amortized explainer is given with ``use_gradient``) and
-#: integrated gradients from the fill with 8 points
+#: ``(x + fill) / 2`` (what the amortized explainer is given with ``use_gradient``),
+#: integrated gradients from the fill with 8 points, and the mean gradient over 4, 8 and 16
+#: random per-segment blends (``path="cube"``)
 FIRST_ORDER = [("first-order at x (GradientExplainer)", {}),
                ("first-order at the half-way blend (n_steps=1)", {"n_steps": 1}),
-               ("integrated gradients (n_steps=8)", {"n_steps": 8})]
+               ("integrated gradients (n_steps=8)", {"n_steps": 8}),
+               ("cube path, 4 Latin-hypercube blends", {"n_steps": 4, "path": "cube", "random_state": 0}),
+               ("cube path, 8 Latin-hypercube blends", {"n_steps": 8, "path": "cube", "random_state": 0}),
+               ("cube path, 16 Latin-hypercube blends", {"n_steps": 16, "path": "cube", "random_state": 0})]
 
 
 VARIANTS = {
     "default": {},
+    "cube2": {"gradient_points": 2},
+    "cube4": {"gradient_points": 4},
     "no_gradient": {"use_gradient": False},
 }
 

@@ -14,6 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import ParameterGrid
 
+from attribshield.base import make_generator
 from attribshield.explainers import (
     AmortizedLimeExplainer,
     Attribution,
@@ -22,9 +23,11 @@ from attribshield.explainers import (
     draw_masks,
     fill_segments,
     lime_kernel,
+    segment_means,
     weighted_ridge,
 )
 from attribshield.explainers.amortized import _coalition_law, _draw_coalitions
+from attribshield.explainers.gradient import attribute_from_grad
 from attribshield.testing import LinearImageModel
 
 
@@ -257,6 +260,28 @@ def test_use_gradient_and_autocast_paths():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_gradient_points_feed_the_cube_path_gradient():
+    """gradient_points=k >= 2 gives the network the mean gradient over k Latin-hypercube blends:
+    the same draws and the same first-order attribution as GradientExplainer(path="cube")."""
+    model, X = tiny_cnn(), images(6)
+    seg = GridSegmenter(cell=2).segment(X)
+    fimg = segment_means(X, seg)
+    target = model(X).argmax(1)
+    expl = small(gradient_points=4)
+    grad = expl._blend_gradient(model, X, fimg, target, seg, make_generator(3, "cpu"))
+    ours = attribute_from_grad(X, grad, seg, target).weights
+    cube = GradientExplainer(n_steps=4, path="cube", random_state=3).explain(model, X, target, segments=seg)
+    torch.testing.assert_close(ours, cube.weights, rtol=1e-4, atol=1e-6)
+    half = attribute_from_grad(X, small()._blend_gradient(model, X, fimg, target), seg, target).weights
+    assert not torch.allclose(ours, half, atol=1e-4)
+    # fit, partial_fit and explain run with it; a seeded explainer explains the same way twice
+    fitted = expl.fit(model, X)
+    a, b = fitted.explain(model, X), fitted.explain(model, X)
+    assert torch.equal(a.weights, b.weights) and bool(torch.isfinite(a.weights).all())
+    fitted.partial_fit(model, X)
+    assert fitted.n_iter_ == 2 * 1 + 1  # 6 images, batch 8: one step per epoch, 2 epochs, + 1
+
+
 def test_partial_fit_initialises_lazily_and_checks_the_model():
     model = tiny_cnn(n_classes=3)
     expl = small()
@@ -281,6 +306,7 @@ def test_partial_fit_initialises_lazily_and_checks_the_model():
         ("weight_decay", -1e-3), ("batch_size", 0), ("max_epochs", 0), ("use_gradient", 1),
         ("augment", "yes"), ("all_classes", 0), ("channels_last", None), ("autocast", "int8"), ("verbose", 2),
         ("random_state", -1), ("segmenter", "grid"), ("n_coalitions", True),
+        ("gradient_points", 0), ("gradient_points", 1.5),
     ],
 )
 def test_bad_parameters_raise_before_any_work(param, value):

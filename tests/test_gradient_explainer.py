@@ -346,3 +346,77 @@ def test_protocol_clone_pickle_and_doctests():
     assert torch.equal(restored.explain(model, X).weights, explainer.explain(model, X).weights)
     res = doctest.testmod(gradient_module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+# --------------------------------------------------------------------------- path="cube"
+class SegmentProduct(torch.nn.Module):
+    """Two classes with ``p_0 = 0.1 + 0.8 * s_0 * s_1 * s_2``, ``s_j`` the mean pixel of
+    quadrant ``j`` of an 8x8 one-channel image: on blends of an all-ones image with a 0
+    fill, ``s_j`` is quadrant ``j``'s keep fraction."""
+
+    def forward(self, x):
+        s = torch.nn.functional.avg_pool2d(x[:, 0:1], 4).flatten(1)  # quadrants 0, 1 / 2, 3
+        p = 0.1 + 0.8 * s[:, 0] * s[:, 1] * s[:, 2]
+        return torch.stack([torch.log(p), torch.log1p(-p)], 1)
+
+
+def test_cube_path_estimates_the_effect_of_removing_a_segment_among_random_blends():
+    """Mean gradient over uniform per-segment blends = E[out(m_j=1) - out(m_j=0)] over the
+    others' blends: 0.8 * E[m_a m_b] = 0.2 for quadrants 0-2, 0 for quadrant 3.  The straight
+    path (integrated gradients) gives 0.8 * int t^2 dt = 0.267 instead: the two differ."""
+    X, seg = torch.ones(6, 1, 8, 8), quadrants(6)
+    cube = GradientExplainer(fill=0.0, n_steps=256, path="cube", random_state=0).explain(SegmentProduct(), X, 0,
+                                                                                          segments=seg)
+    est = cube.weights.double()
+    assert float((est[:, :3].mean() - 0.2).abs()) < 0.01 and float((est[:, :3] - 0.2).abs().max()) < 0.04
+    assert float(est[:, 3].abs().max()) < 1e-9
+    straight = GradientExplainer(fill=0.0, n_steps=256).explain(SegmentProduct(), X, 0, segments=seg)
+    torch.testing.assert_close(straight.weights[:, :3].double(), torch.full((6, 3), 0.8 / 3, dtype=torch.float64),
+                               rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("fill", ["mean", 0.3])
+def test_cube_path_is_exact_for_a_linear_probability(fill):
+    """Where the gradient is constant, every blend gives the same weights as x itself."""
+    g = torch.Generator().manual_seed(5)
+    model = LinearProba((torch.rand(64, generator=g) - 0.5) * 0.01)
+    X = torch.rand(3, 1, 8, 8, generator=g)
+    at_x = GradientExplainer(fill=fill).explain(model, X, 0)
+    cube = GradientExplainer(fill=fill, n_steps=3, path="cube", random_state=1).explain(model, X, 0)
+    torch.testing.assert_close(cube.weights, at_x.weights, rtol=0, atol=1e-6)
+
+
+def test_cube_path_seeded_batch_independent_and_random():
+    model, X = tiny_cnn().eval(), torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    kw = dict(n_steps=4, path="cube")
+    a = GradientExplainer(random_state=7, batch_size=2, **kw).explain(model, X)
+    b = GradientExplainer(random_state=7, batch_size=256, **kw).explain(model, X)
+    c = GradientExplainer(random_state=8, **kw).explain(model, X)
+    torch.testing.assert_close(a.weights, b.weights, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(a.weights, c.weights)
+    # padding columns stay 0 and invalid with uneven segment counts
+    seg = torch.stack([quadrants()[0], torch.zeros(8, 8, dtype=torch.long), quadrants()[0] % 2,
+                       quadrants()[0], quadrants()[0]])
+    attr = GradientExplainer(random_state=0, **kw).explain(model, X, segments=seg)
+    assert attr.valid[1].tolist() == [True, False, False, False] and float(attr.weights[1, 1:].abs().max()) == 0
+
+
+@given(k=st.integers(1, 9), n=st.integers(1, 3), s=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+@FAST
+def test_latin_hypercube_puts_one_point_in_every_stratum(k, n, s, seed):
+    pts = gradient_module.latin_hypercube(k, n, s, torch.Generator().manual_seed(seed))
+    assert pts.shape == (k, n, s) and bool((pts >= 0).all()) and bool((pts < 1).all())
+    strata = (pts * k).floor().long().sort(0).values
+    assert bool((strata == torch.arange(k)[:, None, None]).all())
+
+
+@pytest.mark.parametrize("kwargs, match", [({"path": "diagonal", "n_steps": 2}, "path"),
+                                           ({"path": "cube"}, "n_steps"),
+                                           ({"path": "cube", "n_steps": 2, "random_state": "x"}, "random_state")])
+def test_cube_path_bad_hyperparameters_raise_before_work(kwargs, match):
+    class Boom(torch.nn.Module):
+        def forward(self, x):  # pragma: no cover - must not run
+            raise AssertionError("validation must come before any work")
+
+    with pytest.raises(ValueError, match=match):
+        GradientExplainer(**kwargs).explain(Boom(), torch.rand(1, 1, 8, 8))

@@ -32,11 +32,12 @@ from torch import nn
 
 from .._params import Integral, Options, Real, validate_params
 from .._validation import check_images, check_labels
-from ..base import Component, eval_mode, get_module
+from ..base import Component, eval_mode, get_module, make_generator
 from ._attribution import Attribution
 from ._lime_math import _r2, fill_segments, lime_kernel, segment_means
 from ._model import _checked_logits, _forward_logits, _is_int, _module_and_images, _module_device, _module_dtype
 from ._sampling import draw_masks
+from .gradient import latin_hypercube
 from .segmentation import _check_segments, _has_segment, default_segmenter
 
 __all__ = ["AmortizedLimeExplainer"]
@@ -195,6 +196,13 @@ class AmortizedLimeExplainer(Component):
         rescale an input channel per image, and without the gain the same fit reached 0.71
         with a higher held-out LIME objective; a fixed gain of 1 (the first-order attribution
         added to the output as it is) stayed at the first-order attribution's ranking.
+    gradient_points : int >= 1, default=1
+        Where that gradient is taken (with ``use_gradient``).  ``1``: at the half-way blend.
+        ``k >= 2``: the mean of the gradients at ``k`` random blends with an independent keep
+        fraction per segment, drawn by Latin hypercube sampling
+        (:class:`~attribshield.explainers.GradientExplainer` with ``path="cube"``, whose
+        attribution alone matched exact LIME at 64 samples with 8 points on the benchmark).
+        Costs ``k`` backward passes of the classifier per explained image instead of one.
     all_classes : bool, default=False
         Train every class's map on the same masks (the classifier returns every class's
         probability at no extra cost): the loss is the target's objective plus the sum of
@@ -287,6 +295,7 @@ class AmortizedLimeExplainer(Component):
         "n_coalitions": [Integral(1, None)],
         "hidden": [Integral(1, None)],
         "use_gradient": [bool],
+        "gradient_points": [Integral(1, None)],
         "all_classes": [bool],
         "lr": [Real(0, None, closed="neither")],
         "weight_decay": [Real(0, None)],
@@ -308,6 +317,7 @@ class AmortizedLimeExplainer(Component):
         n_coalitions=8,
         hidden=8,
         use_gradient=True,
+        gradient_points=1,
         all_classes=False,
         lr=2e-3,
         weight_decay=0.0,
@@ -326,6 +336,7 @@ class AmortizedLimeExplainer(Component):
         self.n_coalitions = n_coalitions
         self.hidden = hidden
         self.use_gradient = use_gradient
+        self.gradient_points = gradient_points
         self.all_classes = all_classes
         self.lr = lr
         self.weight_decay = weight_decay
@@ -465,18 +476,30 @@ class AmortizedLimeExplainer(Component):
         probs = torch.softmax(logits.float(), 1)
         return probs, (probs.argmax(1) if target is None else target)
 
-    def _blend_gradient(self, module, X, fimg, target) -> torch.Tensor:
-        """Input gradient of ``p_target`` at the half-filled image ``(x + fill) / 2``.
+    def _blend_gradient(self, module, X, fimg, target, seg=None, generator=None) -> torch.Tensor:
+        """Input gradient of ``p_target`` at the half-filled image ``(x + fill) / 2``, or with
+        ``gradient_points = k >= 2`` its mean over ``k`` Latin-hypercube blends per segment.
 
         LIME's kernel-weighted masks hide about half of the segments (6 to 11 of 16 kept
         carry most of the weight), so the linearisation at the half-way blend predicts LIME's
         weights much better than the one at ``x`` (median Spearman 0.76 against 0.49 on the
         benchmark's CIFAR-10 SmallCNN).
         """
+        k = int(self.gradient_points)
+        if k == 1:
+            blends = [torch.full((), 0.5, dtype=X.dtype, device=X.device)]
+        else:
+            n, _, h, w = X.shape
+            flat = seg.reshape(n, h * w)
+            keep = latin_hypercube(k, n, int(seg.amax()) + 1, generator, X.device).to(X.dtype)
+            blends = [keep[i].gather(1, flat).reshape(n, 1, h, w) for i in range(k)]
+        total = torch.zeros_like(X)
         with torch.enable_grad():
-            Xb = ((X + fimg) / 2).detach().requires_grad_(True)
-            probs = torch.softmax(self._logits(module, Xb).float(), 1)
-            return torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
+            for m in blends:
+                Xb = (fimg + m * (X - fimg)).detach().requires_grad_(True)
+                probs = torch.softmax(self._logits(module, Xb).float(), 1)
+                total += torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
+        return total / k
 
     def _masked_probs(self, module, X, fimg, seg, keep) -> torch.Tensor:
         """Class probabilities of the filled images: ``(N, P, K)`` float32 (no_grad, batched)."""
@@ -528,14 +551,14 @@ class AmortizedLimeExplainer(Component):
             return weights[:, 0], intercept[:, 0]
         return weights, intercept
 
-    def _prepare(self, module, X, target, segments=None):
+    def _prepare(self, module, X, target, segments=None, generator=None):
         """Clean pass, segments, valid columns, fill and (``use_gradient``) the gradient."""
         probs, target = self._clean_pass(module, X, target)
         seg = self._segments(X, segments)
         s_n = seg.reshape(seg.shape[0], -1).amax(1) + 1
         valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
         fimg = segment_means(X, seg)
-        grad = self._blend_gradient(module, X, fimg, target) if self.use_gradient else None
+        grad = self._blend_gradient(module, X, fimg, target, seg, generator) if self.use_gradient else None
         return probs, target, grad, seg, valid, fimg
 
     def _inputs(self, model, X, target):
@@ -556,7 +579,7 @@ class AmortizedLimeExplainer(Component):
         """One Adam step on the LIME objective of the batch ``X``; returns the batch loss."""
         P = float(self.n_samples)
         with eval_mode(module):
-            probs, target, grad, seg, valid, fimg = self._prepare(module, X, target)
+            probs, target, grad, seg, valid, fimg = self._prepare(module, X, target, generator=generator)
             law, z_pi = _coalition_law(valid, float(self.kernel_width))
             keep = _draw_coalitions(valid, int(self.n_coalitions), law, generator)
             f = self._masked_probs(module, X, fimg, seg, keep)  # (N, n, K)
@@ -734,13 +757,16 @@ class AmortizedLimeExplainer(Component):
         n = X.shape[0]
         net = self._net_on(X.device)
         seg_all = None if segments is None else self._segments(X, segments)
+        # the blends of gradient_points >= 2: from a fresh generator per call, so that a seeded
+        # explainer explains the same images the same way every time
+        blend_gen = make_generator(self.random_state, X.device) if int(self.gradient_points) > 1 else None
         parts = []
         with eval_mode(module), eval_mode(net):
             for a in range(0, n, _EXPLAIN_CHUNK):
                 b = min(a + _EXPLAIN_CHUNK, n)
                 tb = None if target is None else target[a:b]
                 sb = None if seg_all is None else seg_all[a:b]
-                probs, tb, grad, seg, valid, fimg = self._prepare(module, X[a:b], tb, sb)
+                probs, tb, grad, seg, valid, fimg = self._prepare(module, X[a:b], tb, sb, blend_gen)
                 if probs.shape[1] != self.n_classes_:
                     self._check_compatible(X.shape[1], probs.shape[1])
                 with torch.no_grad():

@@ -27,7 +27,7 @@ from ._lime_math import _fill_image
 from ._model import _checked_logits, _is_int, _module_and_images
 from .segmentation import _check_segments, default_segmenter
 
-__all__ = ["GradientExplainer", "attribute_from_grad", "OUTPUTS"]
+__all__ = ["GradientExplainer", "attribute_from_grad", "latin_hypercube", "OUTPUTS"]
 
 OUTPUTS = ("proba", "log_proba")
 
@@ -137,6 +137,25 @@ def attribute_from_grad(X, grad, segments, target, *, fill="mean", value=None) -
     )
 
 
+def latin_hypercube(k: int, n: int, s: int, generator=None, device="cpu") -> torch.Tensor:
+    """``k`` Latin-hypercube points in ``[0, 1]^s`` for each of ``n`` images: ``(k, n, s)``.
+
+    Every coordinate of an image's ``k`` points falls once in each stratum
+    ``[i / k, (i + 1) / k)``, in an independent random order per coordinate and image, at a
+    uniform position inside the stratum: each point is uniform on the cube, and the mean of
+    an additive function over the ``k`` points has lower variance than over ``k``
+    independent points (McKay, Beckman and Conover 1979).
+
+    Examples
+    --------
+    >>> pts = latin_hypercube(4, 2, 3, torch.Generator().manual_seed(0))
+    >>> pts.shape, sorted((pts[:, 0, 0] * 4).floor().int().tolist())
+    (torch.Size([4, 2, 3]), [0, 1, 2, 3])
+    """
+    strata = torch.rand(k, n, s, generator=generator, device=device).argsort(0)
+    return (strata + torch.rand(k, n, s, generator=generator, device=device)) / k
+
+
 class GradientExplainer(Component):
     """First-order LIME: segment weights from one input gradient per image.
 
@@ -173,7 +192,23 @@ class GradientExplainer(Component):
         On the CIFAR-10 benchmark of docs/performance.md the median Spearman correlation with
         exact LIME was 0.49 at ``x``, 0.76 with ``n_steps=1`` and 0.81 with ``n_steps=8``:
         LIME's masks hide about half of the image, so gradients taken towards the fill match
-        its regression better.
+        its regression better.  With ``path="cube"`` the ``k`` points are drawn instead.
+    path : {"straight", "cube"}, default="straight"
+        Where the ``n_steps`` gradients are taken.  ``"straight"``: on the straight path from
+        the fill to ``x`` (integrated gradients, above; every segment at the same blend).
+        ``"cube"``: at ``k`` random blends ``b + m_s * (x - b)`` with an independent keep
+        fraction ``m_s`` in [0, 1] per segment, drawn by Latin hypercube sampling (each
+        segment's ``k`` fractions fall one in each of the ``k`` strata of [0, 1]).  By the
+        fundamental theorem of calculus the mean gradient over uniform ``m`` is an unbiased
+        estimate of ``E[out(m_j = 1) - out(m_j = 0)]`` over the other segments' random
+        blends: the effect of removing segment ``j`` while the others are partly removed,
+        which is what LIME's regression over random masks measures (a continuous Banzhaf
+        value).  On the CIFAR-10 benchmark of docs/performance.md, ``n_steps=8`` reached a
+        median Spearman correlation of 0.89 with exact LIME at 2,000 samples, above exact
+        LIME at 64 samples (0.88) at 8 backward passes per image.  Needs ``n_steps``.
+    random_state : None, int or generator, default=None
+        Seeds the blends of ``path="cube"`` (drawn for the whole call at once, so the
+        result does not depend on ``batch_size``); unused otherwise.
 
     See Also
     --------
@@ -224,24 +259,31 @@ class GradientExplainer(Component):
         self._validate_params()
         return attribute_from_grad(X, grad, segments, target, fill=self.fill, value=value)
 
-    def __init__(self, segmenter=None, fill="mean", output="proba", batch_size=256, n_steps=None):
+    def __init__(self, segmenter=None, fill="mean", output="proba", batch_size=256, n_steps=None,
+                 path="straight", random_state=None):
         self.segmenter = segmenter
         self.fill = fill
         self.output = output
         self.batch_size = batch_size
         self.n_steps = n_steps
+        self.path = path
+        self.random_state = random_state
 
     _parameter_constraints = {
         "fill": _FILL_CONSTRAINTS,
         "output": [Options(*OUTPUTS)],
         "batch_size": [Integral(1, None)],
         "n_steps": [None, Integral(1, None)],
+        "path": [Options("straight", "cube")],
+        "random_state": [None, "random_state"],
     }
 
     def _validate_params(self) -> None:
         if self.segmenter is not None and not hasattr(self.segmenter, "segment"):
             raise ValueError(f"segmenter must have a segment(X) method, got {type(self.segmenter).__name__}")
         validate_params(self)
+        if self.path == "cube" and self.n_steps is None:
+            raise ValueError("path='cube' needs n_steps (the number of random blends per image), got None")
 
     def explain(self, model, X, target=None, *, segments=None, samples=None) -> Attribution:
         """Explain the predictions of ``model`` on ``X``.
@@ -295,6 +337,9 @@ class GradientExplainer(Component):
         value = torch.empty(n, dtype=torch.float64, device=device)
         classes = torch.empty(n, dtype=torch.long, device=device)
         steps = None if self.n_steps is None else int(self.n_steps)
+        keep = None
+        if self.path == "cube":
+            keep = latin_hypercube(steps, n, int(seg.amax()) + 1, self._generator(device), device)
         with eval_mode(module), torch.enable_grad():
             for a in range(0, n, bs):
                 b = min(a + bs, n)
@@ -306,10 +351,15 @@ class GradientExplainer(Component):
                 out = self._output(logits, t)
                 if steps is None:
                     grad[a:b] = self._grad(out, xa)
-                else:  # integrated gradients from the fill to x, midpoint rule
+                else:  # mean gradient over blends of the fill and x
                     base = _fill_image(xa, seg[a:b], self.fill)
+                    flat = seg[a:b].reshape(b - a, 1, h * w)
                     for i in range(steps):
-                        xp = (base + (2 * i + 1) / (2 * steps) * (xa - base)).detach().requires_grad_(True)
+                        if keep is None:  # integrated gradients, midpoint rule
+                            m = (2 * i + 1) / (2 * steps)
+                        else:  # one keep fraction per segment, broadcast to its pixels
+                            m = keep[i, a:b].to(X.dtype).gather(1, flat[:, 0]).reshape(b - a, 1, h, w)
+                        xp = (base + m * (xa - base)).detach().requires_grad_(True)
                         grad[a:b] += self._grad(self._output(_checked_logits(module, xp), t), xp) / steps
                 value[a:b] = out.detach()
                 classes[a:b] = t
