@@ -57,6 +57,9 @@ def test_declared_capabilities():
     assert capability(FGSM(), "provides_input_grad") and not capability(PGD(), "provides_input_grad")
     assert capability(SpuriousGradientPenalty(), "requires_mask") and not capability(GradAlign(), "requires_mask")
     assert capability(GradientExplainer(), "uses_input_grad") and not capability(LimeExplainer(), "uses_input_grad")
+    # gradients taken away from x cannot come from the loop's gradient at x
+    assert not capability(GradientExplainer(n_steps=2), "uses_input_grad")
+    assert not capability(GradientExplainer(n_steps=2, path="cube"), "uses_input_grad")
     with pytest.raises(ValueError, match="unknown capability"):
         capability(FGSM(), "flies")
 
@@ -103,6 +106,26 @@ def test_online_masks_every_batch_with_the_current_model(data, monkeypatch):
     assert {"adv_loss", "masked_loss", "penalty_loss", "audit_spearman", "audit_top3", "audit_dur"} <= set(row)
     assert -1 <= row["audit_spearman"] <= 1 and 0 <= row["audit_top3"] <= 1
     assert getattr(clf, "mask_cache_", None) is None  # no rounds, no cache
+
+
+def test_online_gradient_explainer_away_from_x_explains_instead_of_reusing(data, monkeypatch):
+    """A GradientExplainer with n_steps takes its own gradients (path and points as set): the
+    loop must call explain, not turn the attack's gradient at x into attributions."""
+    calls = []
+    orig = GradientExplainer.explain
+
+    def spy(self, *args, **kwargs):
+        calls.append((self.path, self.n_steps))
+        return orig(self, *args, **kwargs)
+
+    def boom(*a, **k):
+        raise AssertionError("the gradient at x must not stand in for n_steps blends")
+
+    monkeypatch.setattr(GradientExplainer, "explain", spy)
+    monkeypatch.setattr(GradientExplainer, "attribute_from_grad", boom)
+    explainer = GradientExplainer(n_steps=2, path="cube", random_state=0)
+    clf = _online(explainer=explainer, audit_size=0).fit(*data)
+    assert "masked_loss" in clf.history[-1] and calls and set(calls) == {("cube", 2)}
 
 
 def test_online_random_masker_needs_no_explanation(data, monkeypatch):

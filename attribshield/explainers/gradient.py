@@ -251,7 +251,13 @@ class GradientExplainer(Component):
     (torch.Size([2, 16]), torch.Size([2, 1, 8, 8]))
     """
 
-    uses_input_grad = True  # declared capability: attribute_from_grad reuses a loop's input gradient
+    @property
+    def uses_input_grad(self) -> bool:
+        """Declared capability: a training loop may turn its own input gradient at ``x`` into
+        this explainer's attributions (``attribute_from_grad``).  Only with ``n_steps=None``:
+        otherwise the gradients are taken elsewhere (blends of ``x`` and the fill), and the
+        loop calls :meth:`explain`."""
+        return self.n_steps is None
 
     def attribute_from_grad(self, X, grad, segments, target, *, value=None) -> Attribution:
         """Attributions from a given input gradient with this explainer's ``fill``
