@@ -249,6 +249,12 @@ class GradientExplainer(Component):
     >>> attr = GradientExplainer().explain(model, torch.rand(2, 1, 8, 8))
     >>> attr.weights.shape, attr.to_pixels().shape
     (torch.Size([2, 16]), torch.Size([2, 1, 8, 8]))
+
+    Gradients at 8 random per-segment blends instead (closer to LIME's weights):
+
+    >>> cube = GradientExplainer(n_steps=8, path="cube", random_state=0)
+    >>> cube.explain(model, torch.rand(2, 1, 8, 8)).weights.shape
+    torch.Size([2, 16])
     """
 
     @property
