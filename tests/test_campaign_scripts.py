@@ -204,3 +204,36 @@ def test_recipe_verdict_reads_reports_and_applies_the_rule(tmp_path):
     again = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0, 1, 2])
     assert again[0]["columns"]["autoattack"]["seeds"] == [0, 1]
     assert "seeds [0, 1] only" in mod.render(again, [0, 1, 2])
+
+
+def test_cube_sampling_designs():
+    """The sampling designs benchmarks/cube_sampling.py compares (docs/performance.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cube_sampling", BENCH / "cube_sampling.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import torch
+
+    k, n, s = 6, 3, 5
+    draws = {d: mod.blends(d, k, n, s, torch.Generator().manual_seed(0)) for d in mod.DESIGNS}
+    for d, m in draws.items():
+        assert m.shape == (k, n, s) and bool((m >= 0).all()) and bool((m <= 1).all()), d
+    strata = (draws["latin hypercube"] * k).floor().sort(0).values
+    assert bool((strata == torch.arange(k, dtype=strata.dtype)[:, None, None]).all())
+    assert set(draws["binary"].unique().tolist()) <= {0.0, 1.0}
+    anti = draws["antithetic"]
+    torch.testing.assert_close(anti[:3] + anti[3:], torch.ones(3, n, s))
+    torch.testing.assert_close(draws["straight"][:, 0, 0], (torch.arange(k) + 0.5) / k)
+    assert not torch.equal(draws["iid uniform"], draws["latin hypercube"])
+    with pytest.raises(ValueError, match="design"):
+        mod.blends("sobol", k, n, s, torch.Generator())
+    # one blend with every segment kept is the gradient of p_target at x itself
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16, 4)).double()
+    X = torch.rand(n, 3, 4, 4, dtype=torch.float64)
+    seg = torch.arange(4).repeat_interleave(4).reshape(4, 4).expand(n, 4, 4).clone()
+    target = torch.tensor([0, 2, 3])
+    got = mod.mean_gradient(model, X, torch.zeros_like(X), seg, target, torch.ones(1, n, 4, dtype=torch.float64))
+    Xg = X.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(torch.softmax(model(Xg), 1).gather(1, target[:, None]).sum(), Xg)
+    torch.testing.assert_close(got, want)
