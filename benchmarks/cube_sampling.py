@@ -38,7 +38,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import amortized_fidelity as af  # noqa: E402
-
 from attribshield.explainers import GridSegmenter, segment_means  # noqa: E402
 from attribshield.explainers.gradient import attribute_from_grad, latin_hypercube  # noqa: E402
 
