@@ -97,6 +97,32 @@ def test_explain_writes_overlay(run_dir, tmp_path, capsys):
     assert "predicted classes" in capsys.readouterr().out
 
 
+def test_explain_with_the_cube_path(run_dir, tmp_path, capsys, monkeypatch):
+    from attribshield.explainers import GradientExplainer, LimeExplainer
+
+    def boom(*a, **k):
+        raise AssertionError("--explainer cube must not run LIME")
+
+    used = []
+    orig = GradientExplainer.explain
+
+    def spy(self, *a, **k):
+        used.append((self.path, self.n_steps))
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(LimeExplainer, "explain", boom)
+    monkeypatch.setattr(GradientExplainer, "explain", spy)
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(1).random((16, 16)) * 255).astype(np.uint8)).save(img)
+    out = tmp_path / "cube.png"
+    assert main(["explain", str(img), "--model", str(run_dir), "--explainer", "cube", "--points", "4",
+                 "--out", str(out)]) == 0
+    assert out.exists() and out.stat().st_size > 1000 and used == [("cube", 4)]
+    assert main(["explain", str(img), "--model", str(run_dir), "--explainer", "cube", "--points", "0",
+                 "--out", str(out)]) == 2
+    assert "--points must be >= 1" in capsys.readouterr().err
+
+
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[train]\nmethod = "magic"\n')
