@@ -87,7 +87,8 @@ def main():
     model.eval()
     expl = {"lime_64": LimeExplainer(n_samples=64, random_state=0),
             "lime_1000": LimeExplainer(n_samples=1000, random_state=0),
-            "gradient": GradientExplainer()}
+            "gradient": GradientExplainer(),
+            "cube_8": GradientExplainer(n_steps=8, path="cube", random_state=0)}
     amortized = AmortizedLimeExplainer(random_state=0)
     (_, fit_s) = _timed(lambda: amortized.fit(model, torch.as_tensor(X[:2000]).float().div(255).cuda()))
     expl["amortized"] = amortized
