@@ -205,7 +205,7 @@ class GradientExplainer(Component):
         which is what LIME's regression over random masks measures (a continuous Banzhaf
         value).  On the CIFAR-10 benchmark of docs/performance.md, ``n_steps=8`` reached a
         median Spearman correlation of 0.89 with exact LIME at 2,000 samples, above exact
-        LIME at 64 samples (0.88) at 8 backward passes per image.  Needs ``n_steps``.
+        LIME at 64 samples (0.88) at 8 forward and backward passes per image.  Needs ``n_steps``.
     random_state : None, int or generator, default=None
         Seeds the blends of ``path="cube"`` (drawn for the whole call at once, so the
         result does not depend on ``batch_size``); unused otherwise.
