@@ -389,7 +389,9 @@ def test_cube_path_is_exact_for_a_linear_probability(fill):
 def test_cube_path_seeded_batch_independent_and_random():
     model, X = tiny_cnn().eval(), torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     kw = dict(n_steps=4, path="cube")
-    a = GradientExplainer(random_state=7, batch_size=2, **kw).explain(model, X)
+    seeded = GradientExplainer(random_state=7, batch_size=2, **kw)
+    a = seeded.explain(model, X)
+    torch.testing.assert_close(seeded.explain(model, X).weights, a.weights, rtol=0, atol=0)  # same every call
     b = GradientExplainer(random_state=7, batch_size=256, **kw).explain(model, X)
     c = GradientExplainer(random_state=8, **kw).explain(model, X)
     torch.testing.assert_close(a.weights, b.weights, rtol=1e-5, atol=1e-7)

@@ -21,7 +21,7 @@ import torch
 
 from .._params import Integral, Options, Real, check_param, validate_params
 from .._validation import check_labels
-from ..base import Component, eval_mode
+from ..base import Component, eval_mode, make_generator
 from ._attribution import Attribution
 from ._lime_math import _fill_image
 from ._model import _checked_logits, _is_int, _module_and_images
@@ -207,8 +207,9 @@ class GradientExplainer(Component):
         median Spearman correlation of 0.89 with exact LIME at 2,000 samples, above exact
         LIME at 64 samples (0.88) at 8 forward and backward passes per image.  Needs ``n_steps``.
     random_state : None, int or generator, default=None
-        Seeds the blends of ``path="cube"`` (drawn for the whole call at once, so the
-        result does not depend on ``batch_size``); unused otherwise.
+        Seeds the blends of ``path="cube"``, drawn for the whole call at once from a generator
+        seeded afresh in every call: a seeded explainer explains the same images the same way
+        every time, whatever the ``batch_size``.  Unused otherwise.
 
     See Also
     --------
@@ -351,7 +352,9 @@ class GradientExplainer(Component):
         steps = None if self.n_steps is None else int(self.n_steps)
         keep = None
         if self.path == "cube":
-            keep = latin_hypercube(steps, n, int(seg.amax()) + 1, self._generator(device), device)
+            # a fresh generator per call, as LimeExplainer: a seeded explainer explains the same
+            # images the same way every time
+            keep = latin_hypercube(steps, n, int(seg.amax()) + 1, make_generator(self.random_state, device), device)
         with eval_mode(module), torch.enable_grad():
             for a in range(0, n, bs):
                 b = min(a + bs, n)
@@ -365,12 +368,12 @@ class GradientExplainer(Component):
                     grad[a:b] = self._grad(out, xa)
                 else:  # mean gradient over blends of the fill and x
                     base = _fill_image(xa, seg[a:b], self.fill)
-                    flat = seg[a:b].reshape(b - a, 1, h * w)
+                    flat = seg[a:b].reshape(b - a, h * w)
                     for i in range(steps):
                         if keep is None:  # integrated gradients, midpoint rule
                             m = (2 * i + 1) / (2 * steps)
                         else:  # one keep fraction per segment, broadcast to its pixels
-                            m = keep[i, a:b].to(X.dtype).gather(1, flat[:, 0]).reshape(b - a, 1, h, w)
+                            m = keep[i, a:b].to(X.dtype).gather(1, flat).reshape(b - a, 1, h, w)
                         xp = (base + m * (xa - base)).detach().requires_grad_(True)
                         grad[a:b] += self._grad(self._output(_checked_logits(module, xp), t), xp) / steps
                 value[a:b] = out.detach()
