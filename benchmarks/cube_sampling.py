@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import amortized_fidelity as af  # noqa: E402
 from attribshield.explainers import GridSegmenter, segment_means  # noqa: E402
-from attribshield.explainers.gradient import attribute_from_grad, latin_hypercube  # noqa: E402
+from attribshield.explainers.gradient import attribute_from_grad, blend_segments, latin_hypercube  # noqa: E402
 
 
 def blends(design: str, k: int, n: int, s: int, gen: torch.Generator) -> torch.Tensor:
@@ -64,12 +64,9 @@ DESIGNS = ("latin hypercube", "iid uniform", "antithetic", "binary", "straight")
 
 def mean_gradient(model, X, fimg, seg, target, keep) -> torch.Tensor:
     """Mean input gradient of ``p_target`` over the blends ``keep`` ``(k, n, s)``."""
-    n, _, h, w = X.shape
-    flat = seg.reshape(n, h * w)
     total = torch.zeros_like(X)
     for m in keep:
-        pix = m.gather(1, flat).reshape(n, 1, h, w)
-        xb = (fimg + pix * (X - fimg)).requires_grad_(True)
+        xb = blend_segments(X, fimg, seg, m).requires_grad_(True)
         p = torch.softmax(model(xb).double(), 1).gather(1, target[:, None]).sum()
         (g,) = torch.autograd.grad(p, xb)
         total += g

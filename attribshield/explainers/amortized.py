@@ -37,7 +37,7 @@ from ._attribution import Attribution
 from ._lime_math import _r2, fill_segments, lime_kernel, segment_means
 from ._model import _checked_logits, _forward_logits, _is_int, _module_and_images, _module_device, _module_dtype
 from ._sampling import draw_masks
-from .gradient import latin_hypercube
+from .gradient import blend_segments, latin_hypercube
 from .segmentation import _check_segments, _has_segment, default_segmenter
 
 __all__ = ["AmortizedLimeExplainer"]
@@ -490,16 +490,14 @@ class AmortizedLimeExplainer(Component):
         """
         k = int(self.gradient_points)
         if k == 1:
-            blends = [torch.full((), 0.5, dtype=X.dtype, device=X.device)]
+            blends = [(X + fimg) / 2]
         else:
-            n, _, h, w = X.shape
-            flat = seg.reshape(n, h * w)
-            keep = latin_hypercube(k, n, int(seg.amax()) + 1, generator, X.device).to(X.dtype)
-            blends = [keep[i].gather(1, flat).reshape(n, 1, h, w) for i in range(k)]
+            keep = latin_hypercube(k, X.shape[0], int(seg.amax()) + 1, generator, X.device)
+            blends = (blend_segments(X, fimg, seg, m) for m in keep)
         total = torch.zeros_like(X)
         with torch.enable_grad():
-            for m in blends:
-                Xb = (fimg + m * (X - fimg)).detach().requires_grad_(True)
+            for Xb in blends:
+                Xb = Xb.detach().requires_grad_(True)
                 probs = torch.softmax(self._logits(module, Xb).float(), 1)
                 total += torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
         return total / k

@@ -27,7 +27,7 @@ from ._lime_math import _fill_image
 from ._model import _checked_logits, _is_int, _module_and_images
 from .segmentation import _check_segments, default_segmenter
 
-__all__ = ["GradientExplainer", "attribute_from_grad", "latin_hypercube", "OUTPUTS"]
+__all__ = ["GradientExplainer", "attribute_from_grad", "blend_segments", "latin_hypercube", "OUTPUTS"]
 
 OUTPUTS = ("proba", "log_proba")
 
@@ -154,6 +154,14 @@ def latin_hypercube(k: int, n: int, s: int, generator=None, device="cpu") -> tor
     """
     strata = torch.rand(k, n, s, generator=generator, device=device).argsort(0)
     return (strata + torch.rand(k, n, s, generator=generator, device=device)) / k
+
+
+def blend_segments(X, fimg, segments, keep) -> torch.Tensor:
+    """``fimg + m * (X - fimg)`` with ``m`` the keep fraction ``keep[n, s]`` of each pixel's
+    segment: ``(N, C, H, W)``.  ``keep`` is ``(N, S)`` in [0, 1] (0 fills a segment, 1 keeps it)."""
+    n, _, h, w = X.shape
+    m = keep.to(X.dtype).gather(1, segments.reshape(n, h * w)).reshape(n, 1, h, w)
+    return fimg + m * (X - fimg)
 
 
 class GradientExplainer(Component):
@@ -368,13 +376,12 @@ class GradientExplainer(Component):
                     grad[a:b] = self._grad(out, xa)
                 else:  # mean gradient over blends of the fill and x
                     base = _fill_image(xa, seg[a:b], self.fill)
-                    flat = seg[a:b].reshape(b - a, h * w)
                     for i in range(steps):
                         if keep is None:  # integrated gradients, midpoint rule
-                            m = (2 * i + 1) / (2 * steps)
-                        else:  # one keep fraction per segment, broadcast to its pixels
-                            m = keep[i, a:b].to(X.dtype).gather(1, flat).reshape(b - a, 1, h, w)
-                        xp = (base + m * (xa - base)).detach().requires_grad_(True)
+                            xp = base + (2 * i + 1) / (2 * steps) * (xa - base)
+                        else:  # one keep fraction per segment
+                            xp = blend_segments(xa, base, seg[a:b], keep[i, a:b])
+                        xp = xp.detach().requires_grad_(True)
                         grad[a:b] += self._grad(self._output(_checked_logits(module, xp), t), xp) / steps
                 value[a:b] = out.detach()
                 classes[a:b] = t
