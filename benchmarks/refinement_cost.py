@@ -13,7 +13,10 @@ wall-time ratio.  ``--rounds R`` repeats the side-by-side comparison R times; me
     python benchmarks/refinement_cost.py [--train 5000] [--methods fgsm_rs full_gradient ...]
 
 A method may carry a masker criterion, ``<method>-<criterion>`` (``full_amortized-dominant``:
-the amortized method with the criterion that needs only the clean images' explanations).
+the amortized method with the criterion that needs only the clean images' explanations), and
+TrainConfig overrides after a colon, ``<method>[-<criterion>]:key=value[,key=value]``
+(``full_amortized:explainer_update_fraction=0.0625``), so that settings of one method can be
+compared side by side in the same run.
 """
 from __future__ import annotations
 
@@ -32,6 +35,34 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
+FIXED = ("method", "criterion", "dataset", "epochs", "train_subset", "audit_size")
+
+
+def parse_arm(name):
+    """``<preset>[-<criterion>][:key=value[,key=value]]`` -> TrainConfig keyword arguments.
+
+    Raises ValueError for an unknown preset or criterion, a malformed override, or an
+    override of a field the benchmark sets itself.
+    """
+    from attribshield.maskers import CRITERIA
+    from attribshield.presets import METHODS
+    from shortcut_experiment import parse_sets
+
+    spec, _, overrides = name.partition(":")
+    method, _, criterion = spec.partition("-")
+    if method not in METHODS or (criterion and criterion not in CRITERIA):
+        raise ValueError(f"unknown method {name!r}: a preset of {METHODS}, or <preset>-<criterion> with a "
+                         f"criterion of {CRITERIA}")
+    try:
+        sets = parse_sets(overrides.split(",") if overrides else [])
+    except SystemExit as exc:
+        raise ValueError(f"bad overrides in {name!r}: {str(exc).removeprefix('error: --set takes ')}") from None
+    clash = sorted(set(FIXED) & set(sets))
+    if clash:
+        raise ValueError(f"{name!r}: {clash} are set by the benchmark itself")
+    return {"method": method, **({"criterion": criterion} if criterion else {}), **sets}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar-root", default=os.path.join(ROOT, ".cache", "cifar10"))
@@ -43,7 +74,8 @@ def main():
                    help="intra-op threads (default 1: process CPU time is then robust to other load)")
     p.add_argument("--methods", nargs="+",
                    default=["fgsm_rs", "pgd", "full", "full_amortized", "full_gradient", "random_mask"],
-                   help="presets, or <preset>-<criterion> (e.g. full_amortized-dominant)")
+                   help="presets, <preset>-<criterion> (e.g. full_amortized-dominant), either with "
+                        "TrainConfig overrides after a colon (full_amortized:explainer_coalitions=4)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the comparison; median ratios")
     p.add_argument("--audit-size", type=int, default=0,
                    help="exact-LIME audit images per epoch (a fixed per-epoch cost, default off)")
@@ -57,16 +89,14 @@ def main():
     tune_allocator()
     import torch
 
-    from attribshield.maskers import CRITERIA
-    from attribshield.presets import METHODS, TrainConfig, build_estimator, load_dataset
+    from attribshield.presets import TrainConfig, build_estimator, load_dataset
 
     arms = {}
     for name in args.methods:
-        method, _, criterion = name.partition("-")
-        if method not in METHODS or (criterion and criterion not in CRITERIA):
-            p.error(f"unknown method {name!r}: a preset of {METHODS}, or <preset>-<criterion> with a "
-                    f"criterion of {CRITERIA}")
-        arms[name] = {"method": method, **({"criterion": criterion} if criterion else {})}
+        try:
+            arms[name] = parse_arm(name)
+        except ValueError as exc:
+            p.error(str(exc))
     torch.set_num_threads(args.threads)
     if not os.path.exists(os.path.join(args.cifar_root, "cifar-10-batches-py")):
         subprocess.run([sys.executable, os.path.join(ROOT, "..", "shared", "data", "materialize.py"),
@@ -74,10 +104,11 @@ def main():
     runs = []
     for r in range(args.rounds):
         for method in args.methods:
-            cfg = TrainConfig(dataset="cifar10", data_root=args.cifar_root, model="smallcnn", **arms[method],
-                              epochs=2, train_subset=args.train, refine_every=1,
-                              refine_fraction=args.refine_fraction, lime_samples=args.lime_samples,
-                              audit_size=args.audit_size, channels_last=not args.fp32, bf16=not args.fp32)
+            cfg = TrainConfig(**{"dataset": "cifar10", "data_root": args.cifar_root, "model": "smallcnn",
+                                 "refine_every": 1, "refine_fraction": args.refine_fraction,
+                                 "lime_samples": args.lime_samples, "channels_last": not args.fp32,
+                                 "bf16": not args.fp32, **arms[method], "epochs": 2,
+                                 "train_subset": args.train, "audit_size": args.audit_size})
             X, y, n_classes = load_dataset(cfg)
             clf = build_estimator(cfg, n_classes=n_classes, verbose=0, max_epochs=1,
                                   callbacks__refinement__progress=False)

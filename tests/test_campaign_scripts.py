@@ -99,6 +99,39 @@ def test_refinement_cost_rejects_unknown_arms_before_work(tmp_path):
     assert not (tmp_path / "absent").exists() and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("arm, message", [
+    ("full_amortized:explainer_update_fraction", "key=value with a TrainConfig field"),
+    ("full_amortized:no_such_field=1", "no_such_field"),
+    ("full_gradient-dominant:epochs=5", "set by the benchmark itself"),
+])
+def test_refinement_cost_rejects_bad_overrides_before_work(tmp_path, arm, message):
+    # "<preset>[-<criterion>]:key=value" arms compare settings of one method side by side
+    import os
+
+    res = subprocess.run([sys.executable, str(BENCH / "refinement_cost.py"), "--methods", "fgsm_rs", arm,
+                          "--cifar-root", str(tmp_path / "absent"), "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, **ENV})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert message in res.stderr and repr(arm) in res.stderr
+    assert not (tmp_path / "absent").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_refinement_cost_parses_arms_with_overrides():
+    import importlib.util
+
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("refinement_cost", BENCH / "refinement_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_arm("fgsm_rs") == {"method": "fgsm_rs"}
+    arm = mod.parse_arm("full_amortized-dominant:explainer_update_fraction=0.0625,explainer_coalitions=4")
+    assert arm == {"method": "full_amortized", "criterion": "dominant",
+                   "explainer_update_fraction": 0.0625, "explainer_coalitions": 4}
+    assert isinstance(arm["explainer_coalitions"], int)
+    with pytest.raises(ValueError, match="set by the benchmark itself"):
+        mod.parse_arm("fgsm_rs:train_subset=10")
+
+
 def _shortcut_module():
     import importlib.util
 
