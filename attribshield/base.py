@@ -134,11 +134,15 @@ def get_module(model) -> torch.nn.Module:
 #                                           the attack computed (at its first step)
 # ``requires_mask``           regularizer   ``penalty`` needs the spurious mask (default True)
 # ``trainable``               explainer     ``partial_fit(model, X, target)`` trains it online
+# ``fused_fit_explain``       explainer     ``partial_fit_explain(model, X, target, *, n_fit,
+#                                           segments)``: a ``partial_fit`` step on ``X[:n_fit]``
+#                                           and the explanation of ``X``, sharing their passes
 # ``uses_input_grad``         explainer     ``attribute_from_grad(X, grad, segments, target)``
 #                                           turns an input gradient of log p_y into attributions
 # ==========================  ============  ========================================================
 CAPABILITY_DEFAULTS = {"accepts_mask": False, "provides_objective": False, "provides_input_grad": False,
-                       "requires_mask": True, "trainable": False, "uses_input_grad": False}
+                       "requires_mask": True, "trainable": False, "uses_input_grad": False,
+                       "fused_fit_explain": False}
 
 
 def capability(component, name: str) -> bool:

@@ -534,8 +534,10 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             X_adv = X_adv.detach()
             loss = loss.detach()  # phase 2 back-propagates only the terms added below
         if online:
-            self._update_explainer(module, X, y)
-            sel = self._online_selection(module, X, X_adv, y, grad, grad_adv)
+            fit_rows = self._fused_fit_rows(len(X))
+            if not fit_rows:
+                self._update_explainer(module, X, y)
+            sel = self._online_selection(module, X, X_adv, y, grad, grad_adv, fit_rows)
         if sel is not None:
             segments, selected, has = sel
             share = has.sum() / len(has)
@@ -643,13 +645,19 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             (g,) = torch.autograd.grad(loss, Xg)
         return g
 
-    def _attribute(self, module, X, y, segments, grad=None):
-        """Attributions of ``X`` for ``y``; gradient explainers reuse ``grad`` (of the CE) when given."""
+    def _attribute(self, module, X, y, segments, grad=None, fit_rows=0):
+        """Attributions of ``X`` for ``y``; gradient explainers reuse ``grad`` (of the CE) when given.
+
+        ``fit_rows > 0``: a trainable explainer takes its online step on ``X[:fit_rows]`` in
+        the same call (``partial_fit_explain``), sharing the classifier passes.
+        """
         if capability(self.explainer_, "uses_input_grad"):
             if grad is None:
                 grad = self._input_grad(module, X, y)
             return self.explainer_.attribute_from_grad(X, -grad, segments, y)  # -grad CE = grad log p_y
         with eval_mode(module):
+            if fit_rows:
+                return self.explainer_.partial_fit_explain(module, X, y, n_fit=fit_rows, segments=segments)
             return self.explainer_.explain(module, X, y, segments=segments)
 
     def _update_explainer(self, module, X, y):
@@ -660,11 +668,22 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         with eval_mode(module):
             self.explainer_.partial_fit(module, X[:n].detach(), y[:n])
 
-    def _online_selection(self, module, X, X_adv, y, grad, grad_adv=None):
+    def _fused_fit_rows(self, n_batch: int) -> int:
+        """Rows of the explainer's online step when it can share the clean images' explanation
+        (``fused_fit_explain``: its rows are among the explained ones); 0 otherwise."""
+        if not (capability(self.explainer_, "trainable") and capability(self.explainer_, "fused_fit_explain")
+                and not capability(self.explainer_, "uses_input_grad")
+                and self.explainer_update_fraction > 0 and "attribution" in self.masker_.needs()):
+            return 0
+        n = self._n_rows(self.explainer_update_fraction, n_batch)
+        return n if n <= self._n_rows(self.mask_fraction, n_batch) else 0
+
+    def _online_selection(self, module, X, X_adv, y, grad, grad_adv=None, fit_rows=0):
         """Fresh spurious segments of the first ``mask_fraction`` of the batch, with the current model.
 
         ``grad`` and ``grad_adv`` are input gradients of the per-example cross-entropy at the
-        attack's starting point and at ``X_adv`` when the step has them already.
+        attack's starting point and at ``X_adv`` when the step has them already; ``fit_rows``
+        (see :meth:`_fused_fit_rows`) trains the explainer in the clean images' explanation.
         """
         n = self._n_rows(self.mask_fraction, len(X))
         Xr, yr = X[:n].detach(), y[:n]
@@ -675,7 +694,7 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         if "input_grad" in needs and g is None:
             g = self._input_grad(module, Xr, yr)
         if "attribution" in needs:
-            att = self._attribute(module, Xr, yr, segments, g)
+            att = self._attribute(module, Xr, yr, segments, g, fit_rows)
         if "attribution_adv" in needs:
             Xa = X_adv[:n].detach() if X_adv is not None else Xr
             att_adv = self._attribute(module, Xa, yr, segments, None if grad_adv is None else grad_adv[:n])

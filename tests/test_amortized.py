@@ -297,6 +297,51 @@ def test_partial_fit_initialises_lazily_and_checks_the_model():
         expl.partial_fit(model, images(2), target=[0, 3])
 
 
+@pytest.mark.parametrize("target", [None, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_partial_fit_explain_equals_a_step_then_an_explanation(target, fresh):
+    """The fused call of a training loop: one step on the first rows, then the explanation of
+    all, with the classifier passes of the shared rows computed once."""
+    model, X = tiny_cnn(), images(10)
+    seg = GridSegmenter().segment(X)
+    a, b = small(), small()
+    if not fresh:  # an explainer that has trained before
+        a.fit(model, images(8, seed=1))
+        b.fit(model, images(8, seed=1))
+    a.partial_fit(model, X[:3], None if target is None else target[:3])
+    ref = a.explain(model, X, target, segments=seg)
+    counting = CountingModel(model)
+    got = b.partial_fit_explain(counting, X, target, n_fit=3, segments=seg)
+    torch.testing.assert_close(got.weights, ref.weights, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.intercept, ref.intercept, rtol=1e-5, atol=1e-7)
+    assert torch.equal(got.target, ref.target) and b.n_iter_ == a.n_iter_
+    for pa, pb in zip(a.net_.parameters(), b.net_.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-7)
+    # one clean pass, one gradient pass and one batch of coalitions (+ one pass at initialisation)
+    assert counting.calls == 3 + fresh
+
+
+def test_partial_fit_explain_checks_n_fit_and_handles_large_steps(monkeypatch):
+    model, X = tiny_cnn(), images(6)
+    expl = small()
+    for bad in (0, 7, 2.0, True, None):
+        with pytest.raises(ValueError, match="n_fit"):
+            expl.partial_fit_explain(model, X, n_fit=bad)
+    assert not hasattr(expl, "net_")  # nothing ran
+    # a step spanning more than one explanation chunk: a separate step, the same result
+    import attribshield.explainers.amortized as amortized
+
+    ref = small().partial_fit(model, X[:5]).explain(model, X)
+    monkeypatch.setattr(amortized, "_EXPLAIN_CHUNK", 4)
+    got = expl.partial_fit_explain(model, X, n_fit=5)
+    torch.testing.assert_close(got.weights, ref.weights, rtol=1e-5, atol=1e-7)
+    # with gradient_points >= 2 the step trains on the explanation's blends
+    cube = small(gradient_points=2)
+    attr = cube.partial_fit_explain(model, X, n_fit=2)
+    assert cube.n_iter_ == 1 and bool(torch.isfinite(attr.weights).all())
+    assert torch.equal(attr.weights, cube.explain(model, X).weights)
+
+
 # --------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     "param, value",

@@ -6,7 +6,7 @@ import torch
 from attribshield import RobustAttributionClassifier
 from attribshield.attacks import FGSM, PGD, TRADES, GuidedPGD
 from attribshield.base import capability, check_component
-from attribshield.explainers import GradientExplainer, LimeExplainer
+from attribshield.explainers import AmortizedLimeExplainer, GradientExplainer, LimeExplainer
 from attribshield.maskers import LimeMasker, RandomMasker
 from attribshield.regularizers import GradAlign, SpuriousGradientPenalty
 from attribshield.testing import TinyMLP, make_images
@@ -106,6 +106,47 @@ def test_online_masks_every_batch_with_the_current_model(data, monkeypatch):
     assert {"adv_loss", "masked_loss", "penalty_loss", "audit_spearman", "audit_top3", "audit_dur"} <= set(row)
     assert -1 <= row["audit_spearman"] <= 1 and 0 <= row["audit_top3"] <= 1
     assert getattr(clf, "mask_cache_", None) is None  # no rounds, no cache
+
+
+class _UnfusedAmortized(AmortizedLimeExplainer):
+    fused_fit_explain = False  # the same explainer, stepped and asked separately
+
+
+@pytest.mark.parametrize("criterion", ["combined", "dominant"])
+def test_amortized_explainer_trains_inside_the_clean_explanation(data, monkeypatch, criterion):
+    """The online step of a trainable explainer shares the clean images' explanation
+    (partial_fit_explain): the same training as a separate partial_fit, with fewer passes."""
+    def run(explainer_cls, **kw):
+        calls = {"partial_fit": 0, "fused": []}
+        orig_pf, orig_fused = explainer_cls.partial_fit, explainer_cls.partial_fit_explain
+
+        def pf(self, *a, **k):
+            calls["partial_fit"] += 1
+            return orig_pf(self, *a, **k)
+
+        def fused(self, *a, **k):
+            calls["fused"].append(k["n_fit"])
+            return orig_fused(self, *a, **k)
+
+        monkeypatch.setattr(explainer_cls, "partial_fit", pf)
+        monkeypatch.setattr(explainer_cls, "partial_fit_explain", fused)
+        clf = _online(explainer=explainer_cls(hidden=4, n_coalitions=4, random_state=0), regularizer=None,
+                      masker=LimeMasker(top_k=2, criterion=criterion), **{"explainer_update_fraction": 0.25, **kw})
+        clf.fit(*data)
+        monkeypatch.undo()
+        return clf, calls
+
+    fused, c1 = run(AmortizedLimeExplainer)
+    assert c1["fused"] == [4] * 6 and c1["partial_fit"] == 0  # 3 batches x 2 epochs, 1/4 of 16 rows
+    separate, c2 = run(_UnfusedAmortized)
+    assert c2["fused"] == [] and c2["partial_fit"] == 6
+    for a, b in zip(fused.module_.parameters(), separate.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(fused.explainer_.net_.parameters(), separate.explainer_.net_.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # rows of the step outside the explained ones: a separate step
+    _, c3 = run(AmortizedLimeExplainer, mask_fraction=0.25, explainer_update_fraction=0.5)
+    assert c3["fused"] == [] and c3["partial_fit"] == 6
 
 
 def test_online_gradient_explainer_away_from_x_explains_instead_of_reusing(data, monkeypatch):

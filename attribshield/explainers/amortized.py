@@ -290,6 +290,7 @@ class AmortizedLimeExplainer(Component):
     """
 
     trainable = True  # declared capability: partial_fit trains it online inside a training loop
+    fused_fit_explain = True  # declared capability: partial_fit_explain shares the classifier passes
 
     _parameter_constraints = {
         "segmenter": [None, _has_segment],
@@ -577,11 +578,16 @@ class AmortizedLimeExplainer(Component):
             raise ValueError(f"target contains labels >= n_classes={n_classes} (max {int(target.max())})")
 
     # ----------------------------------------------------------------- training
-    def _step(self, module, X, target, generator, lr) -> float:
-        """One Adam step on the LIME objective of the batch ``X``; returns the batch loss."""
+    def _step(self, module, X, target, generator, lr, prepared=None) -> float:
+        """One Adam step on the LIME objective of the batch ``X``; returns the batch loss.
+
+        ``prepared``: the output of :meth:`_prepare` for ``X`` when the caller has it already.
+        """
         P = float(self.n_samples)
         with eval_mode(module):
-            probs, target, grad, seg, valid, fimg = self._prepare(module, X, target, generator=generator)
+            if prepared is None:
+                prepared = self._prepare(module, X, target, generator=generator)
+            probs, target, grad, seg, valid, fimg = prepared
             law, z_pi = _coalition_law(valid, float(self.kernel_width))
             keep = _draw_coalitions(valid, int(self.n_coalitions), law, generator)
             f = self._masked_probs(module, X, fimg, seg, keep)  # (N, n, K)
@@ -636,6 +642,13 @@ class AmortizedLimeExplainer(Component):
         """
         self._validate_params()
         module, X, target = self._inputs(model, X, target)
+        generator = self._online_start(module, X, target)
+        self._step(module, X, target, generator, float(self.lr))
+        return self
+
+    def _online_start(self, module, X, target):
+        """The generator of online steps; initialises the network on the first call and checks
+        ``X`` and ``target`` against it."""
         generator = self._generator(X.device)
         if not self.__sklearn_is_fitted__():
             with eval_mode(module), torch.no_grad():
@@ -644,8 +657,43 @@ class AmortizedLimeExplainer(Component):
         self._check_compatible(X.shape[1], self.n_classes_)
         self._check_target_range(target, self.n_classes_)
         self._net_on(X.device)
-        self._step(module, X, target, generator, float(self.lr))
-        return self
+        return generator
+
+    def partial_fit_explain(self, model, X, target=None, *, n_fit, segments=None) -> Attribution:
+        """One :meth:`partial_fit` step on the first ``n_fit`` images, then :meth:`explain` of all.
+
+        The step and the explanation need the same classifier passes for the rows they
+        share (the clean probabilities and, with ``use_gradient``, the input gradient); this
+        computes them once.  It is what a training loop calls when a batch's explained rows
+        include the rows the explainer trains on (declared by the ``fused_fit_explain``
+        capability).  With ``gradient_points=1`` the result, and the network after the step,
+        are those of ``partial_fit(model, X[:n_fit], target[:n_fit])`` followed by
+        ``explain(model, X, target, segments=segments)`` when ``segments`` is what the
+        segmenter gives; with ``gradient_points >= 2`` the step trains on the explanation's
+        blends instead of drawing its own (the same law).
+
+        Parameters
+        ----------
+        model, X, target, segments
+            As in :meth:`explain`; ``segments`` are used by the step too.
+        n_fit : int
+            Rows ``X[:n_fit]`` (``1 <= n_fit <= len(X)``) take the optimisation step.
+
+        Returns
+        -------
+        Attribution
+            The explanation of every row of ``X`` by the updated network.
+        """
+        self._validate_params()
+        module, X, target = self._inputs(model, X, target)
+        if not _is_int(n_fit) or isinstance(n_fit, bool) or not 1 <= int(n_fit) <= X.shape[0]:
+            raise ValueError(f"n_fit must be an integer in [1, len(X)] = [1, {X.shape[0]}], got {n_fit!r}")
+        n_fit = int(n_fit)
+        generator = self._online_start(module, X, target)
+        if n_fit > _EXPLAIN_CHUNK:  # the step's rows span chunks: no sharing
+            self._step(module, X[:n_fit], None if target is None else target[:n_fit], generator, float(self.lr))
+            return self.explain(model, X, target, segments=segments)
+        return self._explain(module, X, target, segments, fit=(n_fit, generator))
 
     def fit(self, model, X, target=None):
         """Train a new explainer network for ``model`` on the images ``X``.
@@ -755,6 +803,11 @@ class AmortizedLimeExplainer(Component):
         module, X, target = self._inputs(model, X, target)
         self._check_compatible(X.shape[1], self.n_classes_)
         self._check_target_range(target, self.n_classes_)
+        return self._explain(module, X, target, segments, samples=samples)
+
+    def _explain(self, module, X, target, segments, samples=None, fit=None) -> Attribution:
+        """:meth:`explain` on validated inputs; ``fit=(n, generator)`` first takes an online step
+        on the first ``n`` rows with the first chunk's classifier passes."""
         out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
         n = X.shape[0]
         net = self._net_on(X.device)
@@ -768,9 +821,15 @@ class AmortizedLimeExplainer(Component):
                 b = min(a + _EXPLAIN_CHUNK, n)
                 tb = None if target is None else target[a:b]
                 sb = None if seg_all is None else seg_all[a:b]
-                probs, tb, grad, seg, valid, fimg = self._prepare(module, X[a:b], tb, sb, blend_gen)
+                prepared = self._prepare(module, X[a:b], tb, sb, blend_gen)
+                probs, tb, grad, seg, valid, fimg = prepared
                 if probs.shape[1] != self.n_classes_:
                     self._check_compatible(X.shape[1], probs.shape[1])
+                if fit is not None and a == 0:
+                    k, generator = fit
+                    rows = tuple(None if t is None else t[:k] for t in prepared)
+                    self._step(module, X[:k], rows[1], generator, float(self.lr), prepared=rows)
+                    net.eval()
                 with torch.no_grad():
                     w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
                 parts.append((seg, w, valid, icpt, tb))
