@@ -270,3 +270,19 @@ def test_cube_sampling_designs():
     Xg = X.clone().requires_grad_(True)
     (want,) = torch.autograd.grad(torch.softmax(model(Xg), 1).gather(1, target[:, None]).sum(), Xg)
     torch.testing.assert_close(got, want)
+
+
+def test_amortized_passes_benchmark_times_every_part(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("amortized_passes", BENCH / "amortized_passes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "p.json"
+    rows = mod.main(["--rows", "2", "--size", "8", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())["cpu_s"]
+    assert set(saved) == {k.strip() for k in rows} and len(saved) == 7
+    assert all(v > 0 for v in saved.values())
+    with pytest.raises(SystemExit):
+        mod.main(["--rows", "0", "--out", str(tmp_path / "never.json")])
+    assert not (tmp_path / "never.json").exists()
