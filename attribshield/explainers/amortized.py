@@ -829,7 +829,6 @@ class AmortizedLimeExplainer(Component):
                     k, generator = fit
                     rows = tuple(None if t is None else t[:k] for t in prepared)
                     self._step(module, X[:k], rows[1], generator, float(self.lr), prepared=rows)
-                    net.eval()
                 with torch.no_grad():
                     w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
                 parts.append((seg, w, valid, icpt, tb))
