@@ -9,6 +9,8 @@ A checkpoint is a folder ``dirname/epoch_NNNN/`` holding
   (tensors only), when the net has one;
 - ``explainer.pt``: the state of a trainable explainer (``trainable`` capability, e.g. the
   online :class:`~attribshield.explainers.AmortizedLimeExplainer`): its ``state_dict()``;
+- ``rng.pt``: the states of the random generators the next epoch draws from (see
+  :func:`rng_state`), so that a resumed run continues bit for bit as the uninterrupted one;
 - ``meta.json``: epoch, classes and input size (JSON).
 
 Every ``.pt`` file is read with ``torch.load(weights_only=True)`` whatever the net's
@@ -32,8 +34,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
+import warnings
 
 import numpy as np
 import torch
@@ -42,10 +46,10 @@ from skorch.callbacks import Checkpoint
 from skorch.utils import noop
 
 from ._params import Integral, check_param, validate_params
-from .base import capability
+from .base import Component, capability
 from .refinement import MaskCache
 
-__all__ = ["SafeCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint"]
+__all__ = ["SafeCheckpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
 
 FORMAT_VERSION = 1
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
@@ -165,6 +169,7 @@ def save_checkpoint(net, dirname, *, use_safetensors=False, keep=2) -> str:
     explainer_state = _explainer_state(net)
     if explainer_state is not None:
         torch.save(explainer_state, os.path.join(tmp, "explainer.pt"))
+    torch.save(rng_state(net), os.path.join(tmp, "rng.pt"))
     classes = getattr(net, "classes_", None) if epoch else None
     meta = {
         "format": FORMAT_VERSION,
@@ -201,14 +206,132 @@ def _explainer_state(net):
     return None if explainer is None else explainer.state_dict()
 
 
+def _components(net) -> list:
+    """``(path, component)`` of every attribshield component the fitted net holds.
+
+    The net's public fitted attributes (``attacker_``, ``masker_``, ...) and, recursively,
+    components given as parameters of those (``masker_.explainer``), each object once, in a
+    fixed order: the paths name the generators in ``rng.pt``.
+    """
+    found, seen = [], set()
+
+    def walk(path, obj):
+        if not isinstance(obj, Component) or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        found.append((path, obj))
+        for key, value in sorted(obj.get_params(deep=False).items()):
+            walk(f"{path}.{key}", value)
+
+    for name in sorted(vars(net)):
+        if name.endswith("_") and not name.startswith("_"):
+            walk(name, vars(net)[name])
+    return found
+
+
+def rng_state(net) -> dict:
+    """The states of every random generator a training epoch of ``net`` draws from.
+
+    torch's global generator (shuffling, module code, components without a ``random_state``)
+    and, when CUDA is initialised, every CUDA device's; NumPy's and Python's global generators;
+    the per-device ``torch.Generator`` of every component with a ``random_state`` (random
+    starts, crops and flips, random masks, explainer samples); and the rotation of
+    :class:`~attribshield.refinement.ExplanationAudit`.  Tensors, numbers, strings and plain
+    containers only, so ``torch.load(weights_only=True)`` reads it back.
+    :func:`save_checkpoint` stores it as ``rng.pt`` and :func:`load_checkpoint` restores it
+    with :func:`set_rng_state`.
+
+    Returns
+    -------
+    state : dict
+    """
+    np_state = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_state[0]), "key": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
+        "components": {},
+        "audit_cursor": int(net.__dict__.get("audit_cursor_", 0)),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    for path, comp in _components(net):
+        gens = {key: gen.get_state() for key, gen in sorted(comp.__dict__.get("_generators", {}).items())}
+        own = getattr(comp, "random_state", None)
+        if isinstance(own, torch.Generator):  # a generator given by the user is drawn from directly
+            gens["random_state"] = own.get_state()
+        if gens:
+            state["components"][path] = gens
+    return state
+
+
+def _usable(device_key) -> bool:
+    device = torch.device(device_key)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
+    return False
+
+
+def set_rng_state(net, state) -> None:
+    """Restore the generators of :func:`rng_state` (the inverse; on another net of the same shape).
+
+    A component generator saved for a device this machine lacks (a CUDA run resumed on the
+    CPU) is skipped: the component starts again from its ``random_state`` there, and the run
+    continues correctly but not bit for bit.  CUDA states are restored when the number of
+    devices matches.
+    """
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            warnings.warn(f"the checkpoint holds the CUDA generator states of {len(cuda)} devices and this machine "
+                          f"has {torch.cuda.device_count()}: the CUDA generators are not restored", RuntimeWarning,
+                          stacklevel=3)
+    npy = state.get("numpy")
+    if npy is not None:
+        np.random.set_state((npy["name"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                             npy["cached_gaussian"]))
+    py = state.get("python")
+    if py is not None:
+        random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    components = dict(_components(net))
+    for path, gens in state.get("components", {}).items():
+        comp = components.get(path)
+        if comp is None:
+            continue
+        for key, gen_state in gens.items():
+            if key == "random_state":
+                own = getattr(comp, "random_state", None)
+                if isinstance(own, torch.Generator):
+                    own.set_state(gen_state)
+            elif _usable(key):
+                gen = torch.Generator(device=torch.device(key))
+                gen.set_state(gen_state)
+                comp.__dict__.setdefault("_generators", {})[key] = gen
+    if "audit_cursor" in state:
+        net.audit_cursor_ = int(state["audit_cursor"])
+
+
 def _restore_extras(net, path) -> None:
-    """The mask cache and the trainable explainer's state saved beside the parameters."""
+    """The mask cache, the trainable explainer's and the generators' states saved beside the parameters."""
     cache_path = os.path.join(path, "mask_cache.pt")
     net.mask_cache_ = MaskCache.load(cache_path) if os.path.isfile(cache_path) else None
     explainer = _trainable_explainer(net)
     state_path = os.path.join(path, "explainer.pt")
     if explainer is not None and os.path.isfile(state_path):
         explainer.load_state_dict(torch.load(state_path, map_location="cpu", **_SAFE_LOAD))
+
+
+def _restore_rng(net, path) -> None:
+    rng_path = os.path.join(path, "rng.pt")
+    if os.path.isfile(rng_path):  # checkpoints written before rng.pt existed resume without it
+        set_rng_state(net, torch.load(rng_path, map_location="cpu", **_SAFE_LOAD))
 
 
 def _read_meta(path) -> dict:
@@ -228,8 +351,10 @@ def load_checkpoint(net, dirname):
     """Restore ``net`` from the newest checkpoint under ``dirname`` (or a checkpoint folder).
 
     Parameters, optimizer and criterion state, history, mask cache, classes and input size
-    are restored; continue training with ``net.partial_fit(X, y)`` (``fit`` would start
-    over unless ``warm_start=True``).
+    are restored, and so are the random generators (:func:`set_rng_state`); continue
+    training with ``net.partial_fit(X, y)`` (``fit`` would start over unless
+    ``warm_start=True``): on the same device the resumed epochs are bit for bit those of the
+    uninterrupted run.
 
     Parameters
     ----------
@@ -277,6 +402,7 @@ def load_checkpoint(net, dirname):
     finally:
         net.torch_load_kwargs = previous
     _restore_extras(net, path)
+    _restore_rng(net, path)
     if meta.get("classes") is not None and getattr(net, "classes", None) is None:
         net.classes_inferred_ = np.asarray(meta["classes"])
     if meta.get("n_features_in") is not None:
@@ -300,8 +426,10 @@ class SafeCheckpoint(Checkpoint):
 
     Resume with skorch's ``LoadInitState(checkpoint)``: it restores parameters, optimizer and
     history through ``net.load_params``, always with ``weights_only=True`` loading; this
-    callback then restores the mask cache and a trainable explainer's state at the first epoch
-    of the resumed run.
+    callback then restores the mask cache, a trainable explainer's state and the random
+    generators' states (:func:`rng_state`) at the first epoch of the resumed run.  Random
+    numbers drawn by callbacks listed after this one at the end of an epoch are not part of
+    the saved state: list it after any callback that draws from a shared generator.
 
     Parameters
     ----------
@@ -343,6 +471,7 @@ class SafeCheckpoint(Checkpoint):
     def initialize(self):
         validate_params(self)
         self.pending_cache_ = False
+        self.loaded_ = False
         return super().initialize()
 
     def on_train_begin(self, net, **kwargs):
@@ -351,18 +480,21 @@ class SafeCheckpoint(Checkpoint):
     def on_epoch_begin(self, net, **kwargs):
         # LoadInitState has run by now (whatever the callback order): restore the mask cache
         # and the explainer state that belong to the loaded parameters, unless the net has
-        # its own already (load_checkpoint restored them, or training continues in-process).
+        # its own already (load_checkpoint restored them, or training continues in-process),
+        # and, when LoadInitState loaded this checkpoint, the random generators' states.
         if not self.pending_cache_:
             return
         self.pending_cache_ = False
-        if getattr(net, "mask_cache_", None) is not None or len(net.history) <= 1:
+        loaded, self.loaded_ = self.loaded_, False
+        if len(net.history) <= 1:
             return
         path = latest_checkpoint(self.dirname)
-        if path is None:
+        if path is None or _read_meta(path)["epoch"] != len(net.history) - 1:
             return
-        meta = _read_meta(path)
-        if meta["epoch"] == len(net.history) - 1:
+        if getattr(net, "mask_cache_", None) is None:
             _restore_extras(net, path)
+        if loaded:
+            _restore_rng(net, path)
 
     def on_epoch_end(self, net, **kwargs):
         if len(net.history) % self.every == 0:
@@ -387,6 +519,7 @@ class SafeCheckpoint(Checkpoint):
             raise ValueError("SafeCheckpoint refuses to load with torch_load_kwargs weights_only=False: that "
                              "would let a tampered checkpoint run code")
         path = self._latest_or_missing()
+        self.loaded_ = True  # net.load_params(checkpoint=self), as LoadInitState calls it
         files = {"f_params": os.path.join(path, "params.pt"), "f_optimizer": os.path.join(path, "optimizer.pt")}
         if os.path.isfile(os.path.join(path, "criterion.pt")):
             files["f_criterion"] = os.path.join(path, "criterion.pt")

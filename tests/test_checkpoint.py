@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
@@ -16,9 +17,17 @@ from skorch.callbacks import Callback, LoadInitState
 
 from attribshield import RobustAttributionClassifier
 from attribshield.attacks import FGSM
-from attribshield.checkpoint import SafeCheckpoint, latest_checkpoint, load_checkpoint, save_checkpoint
+from attribshield.augment import RandomCropFlip
+from attribshield.checkpoint import (
+    SafeCheckpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from attribshield.explainers import LimeExplainer
-from attribshield.maskers import LimeMasker
+from attribshield.maskers import LimeMasker, RandomMasker
 from attribshield.refinement import MaskCache
 from attribshield.testing import TinyMLP, make_images
 
@@ -52,7 +61,8 @@ class Evil:
 
 def test_roundtrip_restores_everything(fitted, tmp_path):
     path = save_checkpoint(fitted, tmp_path)
-    assert sorted(os.listdir(path)) == ["history.json", "mask_cache.pt", "meta.json", "optimizer.pt", "params.pt"]
+    assert sorted(os.listdir(path)) == ["history.json", "mask_cache.pt", "meta.json", "optimizer.pt", "params.pt",
+                                        "rng.pt"]
     fresh = load_checkpoint(method(), tmp_path)
     np.testing.assert_allclose(fresh.predict_proba(X), fitted.predict_proba(X), rtol=1e-6)
     assert len(fresh.history) == len(fitted.history) == 2
@@ -205,3 +215,117 @@ def test_online_amortized_explainer_resumes_with_its_state(tmp_path):
     assert resumed.explainer_.n_iter_ > first.explainer_.n_iter_
     with pytest.raises(ValueError, match="hidden"):
         AmortizedLimeExplainer(hidden=8).load_state_dict(state)
+
+
+# -- bit-exact resume: the random generators travel with the checkpoint ---------------------
+def _scramble_global_rngs(seed):
+    """What a new process would have: other global generator states."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(fitted, tmp_path):
+    net = method(augment=RandomCropFlip(padding=1, random_state=3)).fit(X, y)
+    torch.save(rng_state(net), tmp_path / "rng.pt")
+    state = torch.load(tmp_path / "rng.pt", weights_only=True)  # tensors and plain containers only
+    assert "augment_" in state["components"] and "masker_" in state["components"]
+
+    def draws(n):
+        return (torch.rand(3), np.random.rand(3), random.random(), n.augment_.draw(4, "cpu")[0],
+                torch.rand(3, generator=n.masker_._generator("cpu")))
+
+    expected = draws(net)
+    # a fresh net, whose generators have drawn nothing yet, continues where the fitted one was
+    _scramble_global_rngs(11)
+    other = method(augment=RandomCropFlip(padding=1, random_state=3)).initialize()
+    set_rng_state(other, state)
+    for a, b in zip(expected, draws(other)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert other.audit_cursor_ == net.__dict__.get("audit_cursor_", 0)
+
+
+_RESUME_SETUPS = {
+    # refinement rounds with exact LIME, an unseeded attacker (torch's global generator),
+    # seeded crops and flips, shuffled batches
+    "rounds": dict(attacker=FGSM(eps=0.05, random_start=True), augment=RandomCropFlip(padding=1, random_state=0),
+                   iterator_train__shuffle=True),
+    # online random masks (seeded) with a seeded attacker
+    "online": dict(masker=RandomMasker(top_k=2, random_state=1), refine_mode="online", mask_fraction=0.5,
+                   audit_size=4, audit_samples=16, iterator_train__shuffle=True),
+}
+
+
+@pytest.mark.parametrize("how", ["load_checkpoint", "LoadInitState"])
+@pytest.mark.parametrize("setup", sorted(_RESUME_SETUPS))
+def test_resumed_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, setup, how):
+    kw = _RESUME_SETUPS[setup]
+    _scramble_global_rngs(0)
+    full = method(**kw, max_epochs=3).fit(X, y)
+    _scramble_global_rngs(0)
+    method(**kw, max_epochs=2, callbacks=[SafeCheckpoint(tmp_path)]).fit(X, y)
+    _scramble_global_rngs(99)  # a new process: nothing of the first one's generators is left
+    if how == "load_checkpoint":
+        resumed = load_checkpoint(method(**kw, max_epochs=1), tmp_path)
+        resumed.partial_fit(X, y)
+    else:
+        cp = SafeCheckpoint(tmp_path)
+        resumed = method(**kw, max_epochs=1, callbacks=[cp, LoadInitState(cp)]).fit(X, y)
+    assert len(resumed.history) == len(full.history) == 3
+    for (name, a), b in zip(full.module_.state_dict().items(), resumed.module_.state_dict().values()):
+        assert torch.equal(a, b), name
+    losses = [k for k in full.history[-1] if k.endswith("_loss")]
+    assert "train_loss" in losses and any("masked" in k for k in losses)
+    for key in losses:
+        assert full.history[-1, key] == resumed.history[-1, key], key
+    if setup == "online":
+        assert full.history[-1, "audit_spearman"] == resumed.history[-1, "audit_spearman"]
+
+
+def test_resuming_without_generator_states_is_not_bit_exact(tmp_path):
+    # the control for the test above: drop rng.pt and the resumed epoch draws other numbers
+    kw = _RESUME_SETUPS["rounds"]
+    _scramble_global_rngs(0)
+    full = method(**kw, max_epochs=3).fit(X, y)
+    _scramble_global_rngs(0)
+    method(**kw, max_epochs=2, callbacks=[SafeCheckpoint(tmp_path)]).fit(X, y)
+    os.remove(Path(latest_checkpoint(tmp_path)) / "rng.pt")
+    _scramble_global_rngs(99)
+    resumed = load_checkpoint(method(**kw, max_epochs=1), tmp_path)  # still loads: older checkpoints lack rng.pt
+    resumed.partial_fit(X, y)
+    assert not all(torch.equal(a, b) for a, b in zip(full.module_.parameters(), resumed.module_.parameters()))
+
+
+class _InterruptAt(Callback):
+    """Ctrl-C at the start of an epoch (after the previous epoch's checkpoint is written)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_folder_resumes_bit_for_bit(tmp_path):
+    # the path of `attribshield train` and the campaign scripts: a run folder, the one-cycle
+    # schedule, crops and flips, random masks; interrupted, then resumed by the same call
+    from attribshield.presets import TrainConfig, load_dataset
+    from attribshield.runs import load_run, train_run
+
+    cfg = TrainConfig(dataset="digits", method="random_mask", epochs=3, train_subset=96, batch_size=32, eps=0.1,
+                      lr=0.1, lr_schedule="onecycle", augment=True, audit_size=0)
+    Xd, yd = load_dataset(cfg)[:2]
+    quiet = dict(verbose=0, log=lambda line: None)
+    _scramble_global_rngs(0)
+    train_run(tmp_path / "full", cfg, Xd, yd, 10, **quiet)
+    _scramble_global_rngs(0)
+    part = train_run(tmp_path / "cut", cfg, Xd, yd, 10, callbacks=[_InterruptAt(3)], **quiet)
+    assert "train_loss" not in part.history[-1]  # epoch 3 was interrupted before its first batch
+    assert latest_checkpoint(tmp_path / "cut").endswith("epoch_0002")
+    _scramble_global_rngs(5)
+    train_run(tmp_path / "cut", cfg, Xd, yd, 10, **quiet)
+    full, cut = load_run(tmp_path / "full")[0], load_run(tmp_path / "cut")[0]
+    assert len(cut.history) == 3
+    for (name, a), b in zip(full.module_.state_dict().items(), cut.module_.state_dict().values()):
+        assert torch.equal(a, b), name
