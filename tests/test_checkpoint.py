@@ -307,14 +307,16 @@ class _InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_folder_resumes_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("method_name", ["random_mask", "full_amortized"])
+def test_interrupted_run_folder_resumes_bit_for_bit(tmp_path, method_name):
     # the path of `attribshield train` and the campaign scripts: a run folder, the one-cycle
-    # schedule, crops and flips, random masks; interrupted, then resumed by the same call
+    # schedule, crops and flips, random masks or an online amortized explainer and its audit;
+    # interrupted, then resumed by the same call
     from attribshield.presets import TrainConfig, load_dataset
     from attribshield.runs import load_run, train_run
 
-    cfg = TrainConfig(dataset="digits", method="random_mask", epochs=3, train_subset=96, batch_size=32, eps=0.1,
-                      lr=0.1, lr_schedule="onecycle", augment=True, audit_size=0)
+    cfg = TrainConfig(dataset="digits", method=method_name, epochs=3, train_subset=96, batch_size=32, eps=0.1,
+                      lr=0.1, lr_schedule="onecycle", augment=True, audit_size=8, audit_samples=16)
     Xd, yd = load_dataset(cfg)[:2]
     quiet = dict(verbose=0, log=lambda line: None)
     _scramble_global_rngs(0)
@@ -329,3 +331,7 @@ def test_interrupted_run_folder_resumes_bit_for_bit(tmp_path):
     assert len(cut.history) == 3
     for (name, a), b in zip(full.module_.state_dict().items(), cut.module_.state_dict().values()):
         assert torch.equal(a, b), name
+    if method_name == "full_amortized":  # the explainer trained online is the same too
+        assert full.history[-1, "audit_spearman"] == cut.history[-1, "audit_spearman"]
+        for a, b in zip(full.explainer_.net_.parameters(), cut.explainer_.net_.parameters()):
+            assert torch.equal(a, b)
