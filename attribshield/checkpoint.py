@@ -210,12 +210,17 @@ def _components(net) -> list:
     """``(path, component)`` of every attribshield component the fitted net holds.
 
     The net's public fitted attributes (``attacker_``, ``masker_``, ...) and, recursively,
-    components given as parameters of those (``masker_.explainer``), each object once, in a
-    fixed order: the paths name the generators in ``rng.pt``.
+    components given as parameters of those (``masker_.explainer``, or in a list:
+    ``regularizer_.parts[0]``), each object once, in a fixed order: the paths name the
+    generators in ``rng.pt``.
     """
     found, seen = [], set()
 
     def walk(path, obj):
+        if isinstance(obj, (list, tuple)):  # a user's composite holding several components
+            for i, item in enumerate(obj):
+                walk(f"{path}[{i}]", item)
+            return
         if not isinstance(obj, Component) or id(obj) in seen:
             return
         seen.add(id(obj))

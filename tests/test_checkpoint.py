@@ -335,3 +335,27 @@ def test_interrupted_run_folder_resumes_bit_for_bit(tmp_path, method_name):
         assert full.history[-1, "audit_spearman"] == cut.history[-1, "audit_spearman"]
         for a, b in zip(full.explainer_.net_.parameters(), cut.explainer_.net_.parameters()):
             assert torch.equal(a, b)
+
+
+def test_generators_of_nested_components_are_found_and_restored():
+    from attribshield.base import Component
+    from attribshield.checkpoint import _components
+
+    class Pair(Component):  # a user's composite: components in a list parameter
+        def __init__(self, parts=(), random_state=None):
+            self.parts = parts
+            self.random_state = random_state
+
+        def penalty(self, model, X, y, mask=None):
+            return X.sum() * 0.0
+
+    net = method(regularizer=Pair(parts=[RandomMasker(top_k=1, random_state=4), Pair(random_state=5)])).initialize()
+    paths = [p for p, _ in _components(net)]
+    assert {"regularizer_", "regularizer_.parts[0]", "regularizer_.parts[1]", "masker_", "attacker_"} <= set(paths)
+    inner = net.regularizer_.parts[1]
+    torch.rand(7, generator=inner._generator("cpu"))  # advance it
+    state = rng_state(net)
+    expected = torch.rand(3, generator=inner._generator("cpu"))
+    fresh = method(regularizer=Pair(parts=[RandomMasker(top_k=1, random_state=4), Pair(random_state=5)])).initialize()
+    set_rng_state(fresh, state)
+    assert torch.equal(torch.rand(3, generator=fresh.regularizer_.parts[1]._generator("cpu")), expected)
