@@ -281,6 +281,18 @@ def _usable(device_key) -> bool:
     return False
 
 
+def _check_rng_state(state) -> None:
+    if not isinstance(state, dict):
+        raise ValueError(f"an rng state is the dict rng_state returns, got {type(state).__name__}")
+    main = state.get("torch")
+    if not (isinstance(main, torch.Tensor) and main.dtype == torch.uint8 and main.ndim == 1):
+        raise ValueError("the rng state's 'torch' entry must be torch.get_rng_state()'s uint8 tensor")
+    components = state.get("components", {})
+    if not isinstance(components, dict) or not all(
+            isinstance(g, dict) and all(isinstance(t, torch.Tensor) for t in g.values()) for g in components.values()):
+        raise ValueError("the rng state's 'components' entry must map component paths to {device: state tensor}")
+
+
 def set_rng_state(net, state) -> None:
     """Restore the generators of :func:`rng_state` (the inverse; on another net of the same shape).
 
@@ -288,7 +300,13 @@ def set_rng_state(net, state) -> None:
     CPU) is skipped: the component starts again from its ``random_state`` there, and the run
     continues correctly but not bit for bit.  CUDA states are restored when the number of
     devices matches.
+
+    Raises
+    ------
+    ValueError
+        ``state`` is not what :func:`rng_state` returns; checked before anything is restored.
     """
+    _check_rng_state(state)
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda and torch.cuda.is_available():

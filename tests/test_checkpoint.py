@@ -359,3 +359,16 @@ def test_generators_of_nested_components_are_found_and_restored():
     fresh = method(regularizer=Pair(parts=[RandomMasker(top_k=1, random_state=4), Pair(random_state=5)])).initialize()
     set_rng_state(fresh, state)
     assert torch.equal(torch.rand(3, generator=fresh.regularizer_.parts[1]._generator("cpu")), expected)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([1, 2], "dict"),
+    ({}, "'torch'"),
+    ({"torch": torch.zeros(3)}, "'torch'"),
+    ({"torch": torch.get_rng_state(), "components": {"masker_": {"cpu": 3}}}, "'components'"),
+])
+def test_set_rng_state_rejects_what_rng_state_does_not_return(fitted, bad, match):
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        set_rng_state(fitted, bad)
+    assert torch.equal(torch.get_rng_state(), before)  # nothing was restored
