@@ -4,18 +4,19 @@ Protocol
 --------
 * Model: ``SmallCNN`` trained ``--epochs`` epochs (default 3) on the first ``--n-train``
   (20,000) real CIFAR-10 training images (SGD, one-cycle learning rate, flips,
-  channels_last, fp32: this CPU has no fast bf16); the weights are cached under ``runs/benchmarks/``.
+  channels_last, fp32); the weights are cached under ``runs/benchmarks/``.
 * Explainer: :class:`~attribshield.explainers.AmortizedLimeExplainer` with its defaults (plus
   ``random_state``), ``fit`` on the first ``--n-fit`` (2,000) training images, target = the
   model's predicted class; the fit's wall time is reported.
 * Reference: exact LIME, ``LimeExplainer(n_samples=2000)`` (fp32, i.i.d. masks), on the first
   ``--n-test`` (200) test images, 4x4 grid, target = predicted class (cached).
-* Rows: the amortized explainer (and other variants with ``--variants``), exact LIME at
-  64 / 128 / 256 samples (calibration), first-order attributions (the input gradient at ``x``,
-  at the half-way blend ``(x + fill) / 2`` that the amortized explainer takes as an input by
-  default, integrated gradients with 8 points, and the mean gradient over 4 / 8 / 16 random
-  per-segment blends, ``GradientExplainer(path="cube")``), all scored against the reference by
-  the median Spearman of the 16 segment weights
+* Rows: the amortized explainer (and other variants with ``--variants``; the ``*_bf16`` ones
+  run the classifier's passes in channels_last + bf16), exact LIME at 64 / 128 / 256 samples
+  (calibration; ``--calibration-seeds n`` repeats each with ``n`` sampling seeds), first-order
+  attributions (the input gradient at ``x``, at the half-way blend ``(x + fill) / 2`` that the
+  amortized explainer takes as an input by default, integrated gradients with 8 points, and the
+  mean gradient over 4 / 8 / 16 random per-segment blends, ``GradientExplainer(path="cube")``),
+  all scored against the reference by the median Spearman of the 16 segment weights
   (:func:`attribshield.evaluation.segment_spearman`) and the mean top-3 overlap
   (:func:`attribshield.evaluation.topk_intersection`), and by their fit to the model itself on
   ``--heldout-masks`` fresh LIME masks per test image, the same masks for every row
@@ -172,6 +173,11 @@ VARIANTS = {
     "default": {},
     "cube2": {"gradient_points": 2},
     "cube4": {"gradient_points": 4},
+    "cube8": {"gradient_points": 8},
+    # the classifier's passes in channels_last + bf16, the training loop's setting
+    "cube8_bf16": {"gradient_points": 8, "channels_last": True, "autocast": "bf16"},
+    "cube12_bf16": {"gradient_points": 12, "channels_last": True, "autocast": "bf16"},
+    "cube16_bf16": {"gradient_points": 16, "channels_last": True, "autocast": "bf16"},
     "no_gradient": {"use_gradient": False},
 }
 
@@ -185,6 +191,8 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=200, help="held-out test images scored")
     ap.add_argument("--ref-samples", type=int, default=2000)
     ap.add_argument("--calibration", type=int, nargs="*", default=[64, 128, 256])
+    ap.add_argument("--calibration-seeds", type=int, default=1,
+                    help="seeds of each exact-LIME calibration row (random_state 1, 2, ...): its sampling noise")
     ap.add_argument("--variants", nargs="*", default=["default"],
                     help=f"named variants {sorted(VARIANTS)} or NAME='{{json params}}'")
     ap.add_argument("--lime-images", type=int, default=3, help="images timed for the lime package")
@@ -207,11 +215,12 @@ def main(argv=None):
     rows, attrs = [], []
 
     for p in args.calibration:
-        t, attr = timed(lambda: LimeExplainer(n_samples=p, random_state=1).explain(model, Xte), repeats=1)
-        rows.append({"explainer": f"exact LIME, {p} samples", "images_per_s": len(Xte) / t,
-                     **scores(attr.weights, ref)})
-        attrs.append((rows[-1], attr))
-        log(f"  {rows[-1]['explainer']}: {rows[-1]['median_spearman']:.3f}")
+        for s in range(1, args.calibration_seeds + 1):
+            t, attr = timed(lambda: LimeExplainer(n_samples=p, random_state=s).explain(model, Xte), repeats=1)
+            label = f"exact LIME, {p} samples" + (f" (seed {s})" if args.calibration_seeds > 1 else "")
+            rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(attr.weights, ref)})
+            attrs.append((rows[-1], attr))
+            log(f"  {rows[-1]['explainer']}: {rows[-1]['median_spearman']:.3f}")
 
     for label, params in FIRST_ORDER:
         t, attr = timed(lambda: GradientExplainer(**params).explain(model, Xte), repeats=1)

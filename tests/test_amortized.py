@@ -15,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import ParameterGrid
 
 from attribshield.base import make_generator
+from attribshield.evaluation import segment_spearman
 from attribshield.explainers import (
     AmortizedLimeExplainer,
     Attribution,
@@ -281,6 +282,27 @@ def test_gradient_points_feed_the_cube_path_gradient():
     fitted.partial_fit(model, X)
     assert fitted.n_iter_ == 2 * 1 + 1  # 6 images, batch 8: one step per epoch, 2 epochs, + 1
 
+
+
+def test_cube_path_gradient_in_bf16_ranks_like_fp32():
+    """The fidelity table's fast setting (channels_last + bf16 passes, 12 cube points) rests on
+    the bf16 gradient ranking segments like the fp32 one: same blends, per-image Spearman."""
+    model, X = tiny_cnn(), images(8)
+    seg = GridSegmenter(cell=2).segment(X)
+    fimg = segment_means(X, seg)
+    target = model(X).argmax(1)
+    w = {}
+    for cast in (None, "bf16"):
+        expl = small(gradient_points=12, channels_last=cast is not None, autocast=cast)
+        grad = expl._blend_gradient(model, X, fimg, target, seg, make_generator(5, "cpu"))
+        assert grad.dtype == torch.float32
+        w[cast] = attribute_from_grad(X, grad, seg, target).weights
+    assert not torch.equal(w[None], w["bf16"])  # bf16 really ran
+    rho = segment_spearman(w["bf16"], w[None])
+    assert float(np.median(rho)) > 0.98, rho
+    # within 6 % of each image's largest weight (other blends of the same law differ by ~18 %)
+    scale = w[None].abs().amax(1, keepdim=True)
+    assert float(((w["bf16"] - w[None]).abs() / scale).max()) < 0.06
 
 def test_partial_fit_initialises_lazily_and_checks_the_model():
     model = tiny_cnn(n_classes=3)

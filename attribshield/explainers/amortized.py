@@ -206,7 +206,11 @@ class AmortizedLimeExplainer(Component):
         of one.
         On the CIFAR-10 benchmark the explainer followed its input: median Spearman 0.75 with
         the half-way blend, 0.80 with 2 points and 0.85 with 4 (the bare 4-point estimate:
-        0.865), with a better-scaled fit to the model than the bare estimate.
+        0.865), with a better-scaled fit to the model than the bare estimate.  With 12 points
+        and the passes in channels_last + bf16 (``channels_last=True, autocast="bf16"``) it
+        matched exact LIME at 64 samples there (0.88-0.89 against 0.87-0.88) at about 140x
+        the ``lime`` package's rate: the setting for standalone explanations.  The default of
+        1 is the cheap input of the full-dose training loop.
     all_classes : bool, default=False
         Train every class's map on the same masks (the classifier returns every class's
         probability at no extra cost): the loss is the target's objective plus the sum of
