@@ -15,7 +15,8 @@ Protocol
   (calibration; ``--calibration-seeds n`` repeats each with ``n`` sampling seeds), first-order
   attributions (the input gradient at ``x``, at the half-way blend ``(x + fill) / 2`` that the
   amortized explainer takes as an input by default, integrated gradients with 8 points, and the
-  mean gradient over 4 / 8 / 16 random per-segment blends, ``GradientExplainer(path="cube")``),
+  mean gradient over 4 / 8 / 16 random per-segment blends, ``GradientExplainer(path="cube")``;
+  ``--cube-fast k ...`` adds it with ``k`` points in fp32 and in channels_last + bf16),
   all scored against the reference by the median Spearman of the 16 segment weights
   (:func:`attribshield.evaluation.segment_spearman`) and the mean top-3 overlap
   (:func:`attribshield.evaluation.topk_intersection`), and by their fit to the model itself on
@@ -196,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="*", default=["default"],
                     help=f"named variants {sorted(VARIANTS)} or NAME='{{json params}}'")
     ap.add_argument("--lime-images", type=int, default=3, help="images timed for the lime package")
+    ap.add_argument("--cube-fast", type=int, nargs="*", default=[], metavar="K",
+                    help="also the cube path with K points in fp32 and in channels_last + bf16 (same blends)")
     ap.add_argument("--heldout-masks", type=int, default=256,
                     help="fresh LIME masks per test image for the held-out R^2 (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
@@ -227,6 +230,17 @@ def main(argv=None):
         rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(attr.weights, ref)})
         attrs.append((rows[-1], attr))
         log(f"  {label}: {rows[-1]['median_spearman']:.3f}")
+
+    for k in args.cube_fast:
+        for fast in (False, True):
+            params = {"n_steps": k, "path": "cube", "random_state": 0, "channels_last": fast,
+                      "autocast": "bf16" if fast else None}
+            GradientExplainer(**params).explain(model, Xte[:16])  # warm-up
+            t, attr = timed(lambda: GradientExplainer(**params).explain(model, Xte), repeats=1)
+            label = f"cube path, {k} Latin-hypercube blends, " + ("channels_last + bf16" if fast else "fp32")
+            rows.append({"explainer": label, "images_per_s": len(Xte) / t, **scores(attr.weights, ref)})
+            attrs.append((rows[-1], attr))
+            log(f"  {label}: {rows[-1]['median_spearman']:.3f}, {rows[-1]['images_per_s']:.0f} images/s")
 
     lime_rate = None
     if args.lime_images > 0:

@@ -278,6 +278,9 @@ def test_masker_criteria_run_on_gradient_explanations():
         ({"batch_size": True}, "batch_size"),
         ({"n_steps": 0}, "n_steps"),
         ({"n_steps": 2.0}, "n_steps"),
+        ({"channels_last": 1}, "channels_last"),
+        ({"autocast": "int8"}, "autocast"),
+        ({"autocast": True}, "autocast"),
     ],
 )
 def test_bad_hyperparameters_raise(kwargs, match):
@@ -422,3 +425,22 @@ def test_cube_path_bad_hyperparameters_raise_before_work(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         GradientExplainer(**kwargs).explain(Boom(), torch.rand(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("n_steps, path", [(None, "straight"), (2, "straight"), (6, "cube")])
+def test_channels_last_and_bf16_passes_agree_with_fp32(n_steps, path):
+    """The fast passes (channels_last + bf16 autocast) give the fp32 weights up to bf16
+    rounding, in every mode; the module, its flags and parameter gradients are untouched."""
+    model, X = tiny_cnn().eval(), torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    kw = dict(n_steps=n_steps, path=path, random_state=2)
+    ref = GradientExplainer(**kw).explain(model, X)
+    fast = GradientExplainer(channels_last=True, autocast="bf16", **kw).explain(model, X)
+    assert fast.weights.dtype == torch.float32 and not torch.equal(fast.weights, ref.weights)  # bf16 ran
+    scale = ref.weights.abs().amax(1, keepdim=True)
+    assert float(((fast.weights - ref.weights).abs() / scale).max()) < 0.03
+    assert torch.equal(fast.target, ref.target)
+    other = GradientExplainer(**{**kw, "random_state": 3}).explain(model, X) if path == "cube" else None
+    if other is not None:  # the tolerance is tighter than the blends' own noise
+        assert float(((other.weights - ref.weights).abs() / scale).max()) > 0.03
+    assert all(p.grad is None for p in model.parameters()) and not model.training
+    assert model[0].weight.is_contiguous()  # the module's layout is not changed

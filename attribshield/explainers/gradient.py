@@ -24,7 +24,7 @@ from .._validation import check_labels
 from ..base import Component, eval_mode, make_generator
 from ._attribution import Attribution
 from ._lime_math import _fill_image
-from ._model import _checked_logits, _is_int, _module_and_images
+from ._model import _checked_logits, _forward_logits, _is_int, _module_and_images
 from .segmentation import _check_segments, default_segmenter
 
 __all__ = ["GradientExplainer", "attribute_from_grad", "blend_segments", "latin_hypercube", "OUTPUTS"]
@@ -218,6 +218,15 @@ class GradientExplainer(Component):
         Seeds the blends of ``path="cube"``, drawn for the whole call at once from a generator
         seeded afresh in every call: a seeded explainer explains the same images the same way
         every time, whatever the ``batch_size``.  Unused otherwise.
+    channels_last : bool, default=False
+        Run the forward and backward passes in ``torch.channels_last`` memory format (faster
+        convolutions on CPU; the module itself is not modified).
+    autocast : {None, "bf16", "fp16"}, default=None
+        Run the forward passes (and so their backward passes) under ``torch.autocast`` with
+        this dtype; the explained output is computed in float64 from the logits either way.
+        On the CIFAR-10 benchmark of docs/performance.md, channels_last + bf16 made the cube
+        path about 3x faster on an AVX-512 CPU and moved its median Spearman correlation with
+        exact LIME by at most 0.005.
 
     See Also
     --------
@@ -281,7 +290,7 @@ class GradientExplainer(Component):
         return attribute_from_grad(X, grad, segments, target, fill=self.fill, value=value)
 
     def __init__(self, segmenter=None, fill="mean", output="proba", batch_size=256, n_steps=None,
-                 path="straight", random_state=None):
+                 path="straight", random_state=None, channels_last=False, autocast=None):
         self.segmenter = segmenter
         self.fill = fill
         self.output = output
@@ -289,6 +298,8 @@ class GradientExplainer(Component):
         self.n_steps = n_steps
         self.path = path
         self.random_state = random_state
+        self.channels_last = channels_last
+        self.autocast = autocast
 
     _parameter_constraints = {
         "fill": _FILL_CONSTRAINTS,
@@ -297,6 +308,8 @@ class GradientExplainer(Component):
         "n_steps": [None, Integral(1, None)],
         "path": [Options("straight", "cube")],
         "random_state": [None, "random_state"],
+        "channels_last": [bool],
+        "autocast": [None, Options("bf16", "fp16")],
     }
 
     def _validate_params(self) -> None:
@@ -363,11 +376,14 @@ class GradientExplainer(Component):
             # a fresh generator per call, as LimeExplainer: a seeded explainer explains the same
             # images the same way every time
             keep = latin_hypercube(steps, n, int(seg.amax()) + 1, make_generator(self.random_state, device), device)
+        def forward(x):
+            return _forward_logits(module, x, channels_last=bool(self.channels_last), autocast=self.autocast)
+
         with eval_mode(module), torch.enable_grad():
             for a in range(0, n, bs):
                 b = min(a + bs, n)
                 xa = X[a:b].detach().clone().requires_grad_(steps is None)
-                logits = _checked_logits(module, xa)
+                logits = _checked_logits(forward, xa)
                 if a == 0 and target is not None:
                     check_labels(target, n, name="target", n_classes=logits.shape[1])
                 t = logits.detach().argmax(1) if target is None else target[a:b]
@@ -382,7 +398,7 @@ class GradientExplainer(Component):
                         else:  # one keep fraction per segment
                             xp = blend_segments(xa, base, seg[a:b], keep[i, a:b])
                         xp = xp.detach().requires_grad_(True)
-                        grad[a:b] += self._grad(self._output(_checked_logits(module, xp), t), xp) / steps
+                        grad[a:b] += self._grad(self._output(_checked_logits(forward, xp), t), xp) / steps
                 value[a:b] = out.detach()
                 classes[a:b] = t
         return attribute_from_grad(X, grad, seg, classes, fill=self.fill, value=value)
