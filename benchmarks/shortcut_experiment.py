@@ -185,6 +185,15 @@ RULE = {"min_seeds": 3, "win_margin": 10.0, "win_p": 1e-3, "control_margin": 5.0
         "refute_margin": 3.0}
 
 
+def loss_rises(history, key="adv_loss", threshold=0.2):
+    """``[(epoch, rise), ...]``: epochs whose ``key`` (the adversarial training loss, or
+    ``train_loss`` where a run has none) exceeds the previous epoch's by more than
+    ``threshold`` (the descriptive criterion registered for the learning-rate setting)."""
+    vals = [(h["epoch"], h.get(key, h.get("train_loss"))) for h in history]
+    return [(e, float(v - p)) for (_, p), (e, v) in zip(vals, vals[1:])
+            if p is not None and v is not None and v - p > threshold]
+
+
 def is_method_arm(arm):
     """Arms the verdict judges: attribution-guided masking (not the references, control or oracle)."""
     return arm.partition("-")[0] in ("full", "full_gradient", "full_amortized")
@@ -434,13 +443,14 @@ def main(argv=None):
             row = {"arm": arm, "method": method, "criterion": cfg.criterion if clf.masker is not None else None,
                    "seed": seed, "run_dir": os.path.relpath(run_dir, out), "epochs": len(hist),
                    "train_seconds": float(sum(h.get("dur", 0.0) for h in hist)), "wall_seconds": train_wall,
-                   **gres, "acc": {k: float(v.mean()) for k, v in res.items()},
+                   "loss_rises": loss_rises(hist), **gres, "acc": {k: float(v.mean()) for k, v in res.items()},
                    "per_sample_file": os.path.relpath(cache, out)}
             rows.append(row)
             a = row["acc"]
             print(f"  {arm}-s{seed}: gate {row['gate']:.3f}, unpatched {a['unpatched_clean']:.3f}, "
                   f"rho0 {a['rho0_clean']:.3f}, shift1 {a['shift1_clean']:.3f}, "
-                  f"PGD-{args.pgd_steps} rho0 {a['rho0_pgd']:.3f}", flush=True)
+                  f"PGD-{args.pgd_steps} rho0 {a['rho0_pgd']:.3f}, loss rises > 0.2 at epochs "
+                  f"{[e for e, _ in row['loss_rises']] or 'none'}", flush=True)
 
         if args.explain > 0:
             Xe, ye = variants["rho1"]

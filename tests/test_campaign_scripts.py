@@ -286,3 +286,17 @@ def test_amortized_passes_benchmark_times_every_part(tmp_path):
     with pytest.raises(SystemExit):
         mod.main(["--rows", "0", "--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()
+
+
+def test_shortcut_loss_rises_flag_one_epoch_increases_above_the_threshold():
+    mod = _shortcut_module()
+    hist = [{"epoch": 1, "adv_loss": 2.1}, {"epoch": 2, "adv_loss": 1.8}, {"epoch": 3, "adv_loss": 2.05},
+            {"epoch": 4, "adv_loss": 2.2}, {"epoch": 5, "adv_loss": 1.5}, {"epoch": 6, "adv_loss": 1.9}]
+    rises = mod.loss_rises(hist)
+    assert [e for e, _ in rises] == [3, 6]  # +0.25 and +0.4; +0.15 at epoch 4 is under 0.2
+    assert rises[0][1] == pytest.approx(0.25) and rises[1][1] == pytest.approx(0.4)
+    assert mod.loss_rises(hist, threshold=0.1) == [(3, pytest.approx(0.25)), (4, pytest.approx(0.15)),
+                                                   (6, pytest.approx(0.4))]
+    # runs without an adversarial loss (clean training) fall back on train_loss
+    assert mod.loss_rises([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 1.5}]) == [(2, 0.5)]
+    assert mod.loss_rises([]) == []
