@@ -253,3 +253,24 @@ def test_online_parameters_are_validated():
                 dict(audit_size=-1), dict(audit_samples=1), dict(explainer_update_fraction=True)]:
         with pytest.raises(ValueError, match=next(iter(bad))):
             _online(**bad).initialize()
+
+
+def test_under_bf16_autocast_the_masked_pass_is_cast_and_the_finite_difference_penalty_is_not(data):
+    """The masked-input loss runs in the training precision; the finite-difference penalty stays
+    fp32, since in bf16 the rounding of its two passes is as large as their difference at h=0.01."""
+    from attribshield.regularizers import SpuriousSensitivityPenalty
+
+    seen = {"penalty": [], "forward": []}
+
+    class Recording(SpuriousSensitivityPenalty):
+        def penalty(self, model, X, y, mask):
+            seen["penalty"].append(torch.is_autocast_enabled("cpu"))
+            return super().penalty(model, X, y, mask)
+
+    net = _online(regularizer=Recording(weight=0.1, random_state=0), autocast="bf16", audit_size=0,
+                  masker=RandomMasker(top_k=2, random_state=0), max_epochs=1)
+    net.initialize()
+    net.module_.register_forward_hook(lambda m, i, o: seen["forward"].append(torch.is_autocast_enabled("cpu")))
+    net.partial_fit(*data)
+    assert seen["penalty"] and not any(seen["penalty"])
+    assert any(seen["forward"]) and not all(seen["forward"])  # cast training passes, fp32 penalty passes
