@@ -20,6 +20,8 @@ A run, section or record that is missing leaves its column ``not run`` and names
 missing; a column is judged only on seeds that every arm has.
 
     python benchmarks/recipe_verdict.py --runs runs/recipe [--seeds 0 1 2] [--out verdict.json]
+    python benchmarks/recipe_verdict.py --runs runs/recipe --eval-dir eval eval-aa \
+        --table fgsm_rs fgsm_rs_eqtime full_amortized full_gradient random_mask   # + the main table
 """
 from __future__ import annotations
 
@@ -59,16 +61,85 @@ def records(report: dict) -> dict:
     return out
 
 
-def load_records(runs: str, arm: str, seed: int, eval_dir: str) -> dict | None:
-    path = os.path.join(runs, f"{arm}-s{seed}", eval_dir, "report.json")
-    if not os.path.exists(path):
+def _eval_dirs(eval_dir) -> list:
+    return [eval_dir] if isinstance(eval_dir, str) else list(eval_dir)
+
+
+def load_reports(runs: str, arm: str, seed: int, eval_dir) -> list:
+    """The evaluation reports of one run, from each folder of ``eval_dir`` (a name or a list) that has one."""
+    out = []
+    for d in _eval_dirs(eval_dir):
+        path = os.path.join(runs, f"{arm}-s{seed}", d, "report.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out.append(json.load(f))
+    return out
+
+
+def load_records(runs: str, arm: str, seed: int, eval_dir) -> dict | None:
+    """The run's records merged over its evaluation folders (the first folder that has a column wins)."""
+    reports = load_reports(runs, arm, seed, eval_dir)
+    if not reports:
         return None
-    with open(path) as f:
-        return records(json.load(f))
+    merged = {}
+    for rep in reports:
+        for col, rec in records(rep).items():
+            merged.setdefault(col, rec)
+    return merged
+
+
+def run_summary(runs: str, arm: str, seed: int, eval_dir) -> dict | None:
+    """One row of the campaign's main table: the accuracies of a run's reports and its training time."""
+    reports = load_reports(runs, arm, seed, eval_dir)
+    if not reports:
+        return None
+    row = {"arm": arm, "seed": seed}
+    for rep in reports:
+        rob = rep.get("robustness") or {}
+        for key, name in (("clean_accuracy", "clean"), ("pgd_accuracy", "pgd"), ("autoattack_accuracy", "autoattack"),
+                          ("square_accuracy", "square")):
+            if rob.get(key) is not None:
+                row.setdefault(name, float(rob[key]))
+        corr = rep.get("corruptions") or {}
+        if corr.get("mean") is not None:
+            row.setdefault("cifar10c", float(corr["mean"]))
+        occ = rep.get("occlusion") or {}
+        for mode in ("random", "attributed"):
+            if occ.get(mode):
+                row.setdefault(f"occlusion_{mode}", [float(v) for v in occ[mode]])
+    hist = os.path.join(runs, f"{arm}-s{seed}", "latest")
+    if os.path.exists(hist):
+        with open(hist) as f:
+            last = f.read().strip()
+        path = os.path.join(runs, f"{arm}-s{seed}", last, "history.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                epochs = json.load(f)
+            row["epochs"] = len(epochs)
+            row["train_seconds"] = float(sum(e.get("dur", 0.0) for e in epochs))
+    return row
+
+
+def render_runs(rows) -> str:
+    """The main table: one line per run, ``-`` where a report lacks a column."""
+    head = ("| arm | seed | clean | PGD-20 | AutoAttack | CIFAR-10-C mean | occlusion (random), k = 1..4 "
+            "| occlusion (attributed), k = 1..4 | epochs, training time |")
+    lines = [head, "|---" * 9 + "|"]
+    f = lambda row, k: f"{row[k]:.3f}" if k in row else "-"  # noqa: E731
+    fl = lambda row, k: ", ".join(f"{v:.3f}" for v in row[k]) if k in row else "-"  # noqa: E731
+    for row in rows:
+        t = (f"{row['epochs']}, {row['train_seconds'] / 60:.0f} min" if "train_seconds" in row else "-")
+        occ = f"{fl(row, 'occlusion_random')} | {fl(row, 'occlusion_attributed')}"
+        lines.append(f"| `{row['arm']}` | {row['seed']} | {f(row, 'clean')} | {f(row, 'pgd')} | {f(row, 'autoattack')} "
+                     f"| {f(row, 'cifar10c')} | {occ} | {t} |")
+    return "\n".join(lines)
 
 
 def campaign_verdict(runs, methods, baseline, control, seeds, eval_dir="eval", alpha=0.05):
-    """One row per method: for each column the verdict (or why there is none) and clean accuracies."""
+    """One row per method: for each column the verdict (or why there is none) and clean accuracies.
+
+    ``eval_dir``: each run's evaluation folder, or a list of them whose records are merged.
+    """
     arms = [*methods, baseline, control]
     recs = {(a, s): load_records(runs, a, s, eval_dir) for a in arms for s in seeds}
     rows = []
@@ -122,13 +193,22 @@ def main(argv=None):
     p.add_argument("--baseline", default="fgsm_rs_eqtime", help="the equal-wall-time FGSM-RS arm's folder prefix")
     p.add_argument("--control", default="random_mask")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--eval-dir", default="eval", help="each run's evaluation folder (default: eval)")
+    p.add_argument("--eval-dir", nargs="+", default=["eval"],
+                   help="each run's evaluation folders, merged; the first that has a column wins (default: eval)")
+    p.add_argument("--table", nargs="+", default=None, metavar="ARM",
+                   help="also print the main table of these arms' runs (clean, PGD-20, AutoAttack, CIFAR-10-C, "
+                        "occlusion, training time)")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
     rows = campaign_verdict(args.runs, args.methods, args.baseline, args.control, args.seeds, args.eval_dir,
                             args.alpha)
     print(render(rows, args.seeds))
+    if args.table:
+        summaries = [r for a in args.table for sd in args.seeds
+                     if (r := run_summary(args.runs, a, sd, args.eval_dir)) is not None]
+        print()
+        print(render_runs(summaries))
     for row in rows:
         gaps = {col: c["missing"] for col, c in row["columns"].items() if c["missing"]}
         if gaps:

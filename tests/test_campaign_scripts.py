@@ -300,3 +300,44 @@ def test_shortcut_loss_rises_flag_one_epoch_increases_above_the_threshold():
     # runs without an adversarial loss (clean training) fall back on train_loss
     assert mod.loss_rises([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 1.5}]) == [(2, 0.5)]
     assert mod.loss_rises([]) == []
+
+
+def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path):
+    """AutoAttack in its own folder (``evaluate --autoattack --out R/eval-aa``) joins the main report."""
+    import importlib.util
+
+    import numpy as np
+
+    from attribshield._utils import to_bits
+
+    spec = importlib.util.spec_from_file_location("recipe_verdict", BENCH / "recipe_verdict.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = 100
+    bits = lambda a: to_bits(np.arange(n) < round(a * n))  # noqa: E731
+    for arm, aa in (("fgsm_rs_eqtime", 0.30), ("random_mask", 0.32), ("full_gradient", 0.40)):
+        run = tmp_path / f"{arm}-s0"
+        main = {"robustness": {"clean_accuracy": 0.7, "pgd_accuracy": 0.4, "autoattack_accuracy": None,
+                               "per_sample": {"clean": bits(0.7)}},
+                "corruptions": {"mean": 0.65}, "occlusion": {"random": [0.7, 0.6], "attributed": [0.5, 0.4]}}
+        extra = {"robustness": {"clean_accuracy": 0.9, "autoattack_accuracy": aa,
+                                "per_sample": {"clean": bits(0.9), "autoattack": bits(aa)}}}
+        for d, rep in (("eval", main), ("eval-aa", extra)):
+            (run / d).mkdir(parents=True)
+            (run / d / "report.json").write_text(json.dumps(rep))
+        (run / "epoch_0003").mkdir()
+        (run / "epoch_0003" / "history.json").write_text(json.dumps([{"dur": 60.0}, {"dur": 90.0}, {"dur": 30.0}]))
+        (run / "latest").write_text("epoch_0003")
+    rows = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0],
+                                eval_dir=["eval", "eval-aa"])
+    aa = rows[0]["columns"]["autoattack"]
+    assert aa["seeds"] == [0] and aa["difference"] == pytest.approx(0.10)
+    assert rows[0]["clean"]["full_gradient"] == pytest.approx(0.7)  # the first folder's record wins
+    only_main = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0])
+    assert only_main[0]["columns"]["autoattack"]["verdict"] is None
+    row = mod.run_summary(str(tmp_path), "full_gradient", 0, ["eval", "eval-aa"])
+    assert row["clean"] == 0.7 and row["autoattack"] == 0.4 and row["cifar10c"] == 0.65
+    assert row["epochs"] == 3 and row["train_seconds"] == pytest.approx(180.0)
+    assert mod.run_summary(str(tmp_path), "pgd", 0, ["eval"]) is None
+    table = mod.render_runs([row])
+    assert "| `full_gradient` | 0 | 0.700 | 0.400 | 0.400 | 0.650 | 0.700, 0.600 | 0.500, 0.400 | 3, 3 min |" in table
