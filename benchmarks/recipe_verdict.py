@@ -22,6 +22,7 @@ missing; a column is judged only on seeds that every arm has.
     python benchmarks/recipe_verdict.py --runs runs/recipe [--seeds 0 1 2] [--out verdict.json]
     python benchmarks/recipe_verdict.py --runs runs/recipe --eval-dir eval eval-aa \
         --table fgsm_rs fgsm_rs_eqtime full_amortized full_gradient random_mask   # + the main table
+    python benchmarks/recipe_verdict.py --runs runs/recipe --equal-time-epochs 1   # E for seed 1's equal-time row
 """
 from __future__ import annotations
 
@@ -107,17 +108,46 @@ def run_summary(runs: str, arm: str, seed: int, eval_dir) -> dict | None:
         for mode in ("random", "attributed"):
             if occ.get(mode):
                 row.setdefault(f"occlusion_{mode}", [float(v) for v in occ[mode]])
-    hist = os.path.join(runs, f"{arm}-s{seed}", "latest")
-    if os.path.exists(hist):
-        with open(hist) as f:
-            last = f.read().strip()
-        path = os.path.join(runs, f"{arm}-s{seed}", last, "history.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                epochs = json.load(f)
-            row["epochs"] = len(epochs)
-            row["train_seconds"] = float(sum(e.get("dur", 0.0) for e in epochs))
+    epochs = _history(runs, f"{arm}-s{seed}")
+    if epochs is not None:
+        row["epochs"] = len(epochs)
+        row["train_seconds"] = float(sum(e.get("dur", 0.0) for e in epochs))
     return row
+
+
+def _history(runs: str, run: str) -> list | None:
+    """The per-epoch history of a run's last checkpoint, or None if the run has no finished epoch."""
+    latest = os.path.join(runs, run, "latest")
+    if not os.path.exists(latest):
+        return None
+    with open(latest) as f:
+        path = os.path.join(runs, run, f.read().strip(), "history.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def training_seconds(runs: str, run: str) -> float:
+    """The summed per-epoch ``dur`` of a finished run's last checkpoint (``<runs>/<run>/latest``)."""
+    epochs = _history(runs, run)
+    if epochs is None:
+        raise ValueError(f"{os.path.join(runs, run)} has no finished epoch (no 'latest' checkpoint with a history)")
+    if not epochs or any("dur" not in e for e in epochs):
+        raise ValueError(f"{os.path.join(runs, run)}'s last history.json lacks a per-epoch 'dur'")
+    return float(sum(e["dur"] for e in epochs))
+
+
+def equal_time_epochs(runs: str, seed: int, method: str = "full_amortized", base: str = "fgsm_rs",
+                      epochs: int = 15) -> int:
+    """The registered equal-time row's epoch count for one seed: ``round(epochs * T_method / T_base)``.
+
+    ``T`` is a run's summed per-epoch ``dur`` (docs/results.md, "Arms"); both runs trained
+    ``epochs`` epochs with the same seed.
+    """
+    t_method = training_seconds(runs, f"{method}-s{seed}")
+    t_base = training_seconds(runs, f"{base}-s{seed}")
+    return int(round(epochs * t_method / t_base))
 
 
 def render_runs(rows) -> str:
@@ -198,9 +228,15 @@ def main(argv=None):
     p.add_argument("--table", nargs="+", default=None, metavar="ARM",
                    help="also print the main table of these arms' runs (clean, PGD-20, AutoAttack, CIFAR-10-C, "
                         "occlusion, training time)")
+    p.add_argument("--equal-time-epochs", type=int, default=None, metavar="SEED",
+                   help="only print E = round(15 x T_full_amortized / T_fgsm_rs) for this seed's finished runs "
+                        "(the equal-time row's epoch count) and exit")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
+    if args.equal_time_epochs is not None:
+        print(equal_time_epochs(args.runs, args.equal_time_epochs))
+        return 0
     rows = campaign_verdict(args.runs, args.methods, args.baseline, args.control, args.seeds, args.eval_dir,
                             args.alpha)
     print(render(rows, args.seeds))

@@ -341,3 +341,31 @@ def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path):
     assert mod.run_summary(str(tmp_path), "pgd", 0, ["eval"]) is None
     table = mod.render_runs([row])
     assert "| `full_gradient` | 0 | 0.700 | 0.400 | 0.400 | 0.650 | 0.700, 0.600 | 0.500, 0.400 | 3, 3 min |" in table
+
+
+def test_recipe_equal_time_epochs_follow_the_registered_formula(tmp_path, capsys):
+    """E = round(15 x T_full_amortized / T_fgsm_rs) from the runs' summed per-epoch ``dur``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_verdict", BENCH / "recipe_verdict.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(name, durs):
+        folder = tmp_path / name / f"epoch_{len(durs):04d}"
+        folder.mkdir(parents=True)
+        (folder / "history.json").write_text(json.dumps([{"epoch": i + 1, "dur": d} for i, d in enumerate(durs)]))
+        (tmp_path / name / "latest").write_text(folder.name)
+
+    run("fgsm_rs-s1", [70.0] * 15)            # 1,050 s
+    run("full_amortized-s1", [160.0] * 15)    # 2,400 s: 15 x 2400 / 1050 = 34.29
+    assert mod.equal_time_epochs(str(tmp_path), 1) == 34
+    run("full_amortized-s2", [170.0] * 15)
+    with pytest.raises(ValueError, match="no finished epoch"):
+        mod.equal_time_epochs(str(tmp_path), 2)   # fgsm_rs-s2 has not run
+    assert mod.main(["--runs", str(tmp_path), "--equal-time-epochs", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "34"
+    run("fgsm_rs-s3", [70.0, 71.0])
+    (tmp_path / "fgsm_rs-s3" / "epoch_0002" / "history.json").write_text(json.dumps([{"epoch": 1}]))
+    with pytest.raises(ValueError, match="lacks a per-epoch 'dur'"):
+        mod.training_seconds(str(tmp_path), "fgsm_rs-s3")
