@@ -165,6 +165,114 @@ def render_runs(rows) -> str:
     return "\n".join(lines)
 
 
+def campaign_curves(runs: str, arms, seeds, eval_dir="eval") -> dict:
+    """Per arm, its curves averaged over the seeds that have them (the figures' data).
+
+    ``{arm: {"eps": [...], "eps_accuracy": [...], "eps_seeds": n, "per_corruption": {name: acc},
+    "corruption_seeds": n, "occlusion_k": [0, 1, ...], "occlusion_random": [...],
+    "occlusion_attributed": [...], "occlusion_seeds": n}}``; ``k = 0`` is the clean accuracy
+    of the occlusion evaluation. An arm without any of the three is left out.
+    """
+    out = {}
+    for arm in arms:
+        eps, eps_acc, cor, occ = None, [], [], {"random": [], "attributed": []}
+        occ_k = None
+        for seed in seeds:
+            reports = load_reports(runs, arm, seed, eval_dir)
+            curve = next((r["robustness"]["eps_curve"] for r in reports
+                          if (r.get("robustness") or {}).get("eps_curve")), None)
+            if curve is not None:
+                eps = [float(e) for e in curve["eps"]]
+                eps_acc.append([float(a) for a in curve["accuracy"]])
+            pc = next((r["corruptions"]["per_corruption"] for r in reports
+                       if (r.get("corruptions") or {}).get("per_corruption")), None)
+            if pc is not None:
+                cor.append(pc)
+            o = next((r["occlusion"] for r in reports if (r.get("occlusion") or {}).get("random")), None)
+            if o is not None:
+                occ_k = [0] + [int(k) for k in o["k"]]
+                for mode in occ:
+                    occ[mode].append([float(o["clean_accuracy"])] + [float(v) for v in o[mode]])
+        row = {}
+        if eps_acc:
+            row.update(eps=eps, eps_accuracy=np.mean(eps_acc, axis=0).tolist(), eps_seeds=len(eps_acc))
+        if cor:
+            row.update(per_corruption={n: float(np.mean([c[n] for c in cor])) for n in cor[0]},
+                       corruption_seeds=len(cor))
+        if occ["random"]:
+            row.update(occlusion_k=occ_k, occlusion_seeds=len(occ["random"]),
+                       **{f"occlusion_{m}": np.mean(v, axis=0).tolist() for m, v in occ.items()})
+        if row:
+            out[arm] = row
+    return out
+
+
+def plot_campaign(curves: dict, out: str, title: str = "CIFAR-10, SmallCNN, standard recipe") -> list:
+    """The campaign's figures from :func:`campaign_curves`: accuracy vs eps, per-corruption accuracy
+    and the occlusion curves; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    colors = plt.get_cmap("tab10").colors
+    color = {arm: colors[i % 10] for i, arm in enumerate(curves)}
+    label = lambda arm, n: f"{arm} ({n} seeds)" if n > 1 else arm  # noqa: E731
+    paths = []
+    have = [a for a, c in curves.items() if "eps" in c]
+    if have:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for arm in have:
+            c = curves[arm]
+            ax.plot(np.array(c["eps"]) * 255, c["eps_accuracy"], marker="o", color=color[arm],
+                    label=label(arm, c["eps_seeds"]))
+        ax.set(xlabel="Linf eps (x 1/255)", ylabel="PGD-20 accuracy")
+        ax.set_title(f"{title}: accuracy vs eps (first 1,000 test images)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(out, "recipe_accuracy_vs_eps.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    have = [a for a, c in curves.items() if "per_corruption" in c]
+    if have:
+        names = list(curves[have[0]]["per_corruption"])
+        fig, ax = plt.subplots(figsize=(11, 4.2))
+        w = 0.8 / len(have)
+        for i, arm in enumerate(have):
+            c = curves[arm]
+            ax.bar(np.arange(len(names)) + i * w, [c["per_corruption"][n] for n in names], w, color=color[arm],
+                   label=label(arm, c["corruption_seeds"]))
+        ax.set_xticks(np.arange(len(names)) + 0.4 - w / 2)
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (mean over 5 severities)")
+        ax.set_title(f"{title}: CIFAR-10-C", fontsize=9, pad=28)
+        ax.legend(fontsize=7, ncol=len(have), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+        fig.tight_layout()
+        paths.append(os.path.join(out, "recipe_cifar10c_per_corruption.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    have = [a for a, c in curves.items() if "occlusion_k" in c]
+    if have:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+        for ax, mode in zip(axes, ("random", "attributed")):
+            for arm in have:
+                c = curves[arm]
+                ax.plot(c["occlusion_k"], c[f"occlusion_{mode}"], marker="o", color=color[arm],
+                        label=label(arm, c["occlusion_seeds"]))
+            ax.set(xlabel="k of 16 grid cells filled", title=f"{mode} cells", xticks=c["occlusion_k"])
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("accuracy")
+        axes[1].legend(fontsize=7)
+        fig.suptitle(f"{title}: occlusion (first 1,000 test images)", fontsize=9)
+        fig.tight_layout()
+        paths.append(os.path.join(out, "recipe_occlusion.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
 def campaign_verdict(runs, methods, baseline, control, seeds, eval_dir="eval", alpha=0.05):
     """One row per method: for each column the verdict (or why there is none) and clean accuracies.
 
@@ -231,9 +339,17 @@ def main(argv=None):
     p.add_argument("--equal-time-epochs", type=int, default=None, metavar="SEED",
                    help="only print E = round(15 x T_full_amortized / T_fgsm_rs) for this seed's finished runs "
                         "(the equal-time row's epoch count) and exit")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="also draw the --table arms' figures here (accuracy vs eps, per-corruption accuracy, "
+                        "occlusion curves; seeds averaged)")
+    p.add_argument("--explain", nargs="+", default=None, metavar="RUN",
+                   help="with --plots: also plot exact LIME of the same 8 test images under these runs' models "
+                        "(for example fgsm_rs-s0 full_amortized-s0: before and after refinement)")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = p.parse_args(argv)
+    if args.explain and not args.plots:
+        p.error("--explain needs --plots DIR (the folder its figure goes to)")
     if args.equal_time_epochs is not None:
         print(equal_time_epochs(args.runs, args.equal_time_epochs))
         return 0
@@ -245,6 +361,16 @@ def main(argv=None):
                      if (r := run_summary(args.runs, a, sd, args.eval_dir)) is not None]
         print()
         print(render_runs(summaries))
+    if args.plots:
+        for path in plot_campaign(campaign_curves(args.runs, args.table or [args.baseline, *args.methods,
+                                                                              args.control],
+                                                  args.seeds, args.eval_dir), args.plots):
+            print(f"wrote {path}")
+        if args.explain:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from results_page import explanations
+
+            print(f"wrote {explanations(args.runs, args.explain, args.plots, filename='recipe_explanations.png')}")
     for row in rows:
         gaps = {col: c["missing"] for col, c in row["columns"].items() if c["missing"]}
         if gaps:

@@ -281,8 +281,8 @@ def stability_table(runs_dir, folder="eval_stab"):
             "median distortion found"], out)
 
 
-def explanations(runs_dir, names, out, n=8):
-    """LIME (1,000 foldover samples, SLIC-25) of the same test images under each run's model."""
+def explanations(runs_dir, names, out, n=8, filename="cifar10_explanations.png"):
+    """LIME (1,000 foldover samples, SLIC-25) of the same test images under each run's model; returns the PNG's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -320,8 +320,10 @@ def explanations(runs_dir, names, out, n=8):
         ax.set_yticks([])
     fig.suptitle("LIME weights for the true class (red: for, blue: against), same superpixels", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "cifar10_explanations.png"), dpi=120)
+    path = os.path.join(out, filename)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
 
 def _by_method(per_run):

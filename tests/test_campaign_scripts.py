@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,6 @@ ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def run_script(name, out, *extra, timeout=300):
-    import os
-
     cmd = [sys.executable, str(BENCH / name), "--smoke", "--threads", "1", "--out", str(out), *extra]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
                          env={**os.environ, **ENV})
@@ -369,3 +368,39 @@ def test_recipe_equal_time_epochs_follow_the_registered_formula(tmp_path, capsys
     (tmp_path / "fgsm_rs-s3" / "epoch_0002" / "history.json").write_text(json.dumps([{"epoch": 1}]))
     with pytest.raises(ValueError, match="lacks a per-epoch 'dur'"):
         mod.training_seconds(str(tmp_path), "fgsm_rs-s3")
+
+
+def test_recipe_figures_average_each_arm_over_its_seeds(tmp_path):
+    """The figures' data: eps curve, per-corruption accuracy and occlusion (k = 0 is clean) per arm."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_verdict", BENCH / "recipe_verdict.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def report(arm, seed, acc, aa_folder=False):
+        rep = {"robustness": {"clean_accuracy": acc, "eps_curve": {"eps": [0.0, 8 / 255], "accuracy": [acc, acc / 2]}},
+               "corruptions": {"per_corruption": {"fog": acc - 0.2, "jpeg_compression": acc - 0.01}},
+               "occlusion": {"k": [1, 2], "clean_accuracy": acc, "random": [acc - 0.01, acc - 0.02],
+                             "attributed": [acc - 0.05, acc - 0.1]}}
+        folder = tmp_path / f"{arm}-s{seed}" / "eval"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(rep))
+
+    report("fgsm_rs", 0, 0.70)
+    report("fgsm_rs", 1, 0.74)
+    report("random_mask", 0, 0.60)
+    curves = mod.campaign_curves(str(tmp_path), ["fgsm_rs", "random_mask", "pgd"], [0, 1, 2])
+    assert set(curves) == {"fgsm_rs", "random_mask"}  # pgd has no report: left out
+    fr = curves["fgsm_rs"]
+    assert fr["eps_seeds"] == 2 and fr["eps_accuracy"] == pytest.approx([0.72, 0.36])
+    assert fr["per_corruption"] == pytest.approx({"fog": 0.52, "jpeg_compression": 0.71})
+    assert fr["occlusion_k"] == [0, 1, 2]
+    assert fr["occlusion_attributed"] == pytest.approx([0.72, 0.67, 0.62])
+    assert curves["random_mask"]["occlusion_seeds"] == 1
+    paths = mod.plot_campaign(curves, str(tmp_path / "img"))
+    assert [os.path.basename(p) for p in paths] == ["recipe_accuracy_vs_eps.png", "recipe_cifar10c_per_corruption.png",
+                                                    "recipe_occlusion.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+    with pytest.raises(SystemExit):
+        mod.main(["--runs", str(tmp_path), "--explain", "fgsm_rs-s0"])  # --explain without --plots
