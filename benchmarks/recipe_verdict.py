@@ -314,9 +314,12 @@ def render(rows, seeds) -> str:
             if c["verdict"] is None:
                 cells.append("not run")
                 continue
-            partial = "" if len(c["seeds"]) == len(seeds) else f", seeds {c['seeds']} only"
-            cells.append(f"**{c['verdict']}** ({100 * c['difference']:+.1f} pts, p={c['pvalue']:.3g}; "
-                         f"vs {row['control']} {100 * c['control_difference']:+.1f}{partial})")
+            detail = (f"({100 * c['difference']:+.1f} pts, p={c['pvalue']:.3g}; "
+                      f"vs {row['control']} {100 * c['control_difference']:+.1f}")
+            if len(c["seeds"]) == len(seeds):
+                cells.append(f"**{c['verdict']}** {detail})")
+            else:  # the rule judges every registered seed: a partial result is not a verdict
+                cells.append(f"no verdict; {c['verdict'].lower()} on seeds {c['seeds']} only {detail})")
         cl = row["clean"]
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         cells.append(f"{fmt(cl[row['method']])} / {fmt(cl[row['baseline']])}")

@@ -229,13 +229,14 @@ def test_recipe_verdict_reads_reports_and_applies_the_rule(tmp_path):
     assert "full_amortized-s0" in fa["columns"]["autoattack"]["missing"]
     table = mod.render(rows, [0, 1, 2])
     assert "**WINS** (+10.0 pts" in table and "**LOSES**" in table and "| `full_amortized` | not run" in table
-    # a seed without a baseline run: judged on the others, and the table says so
+    # a seed without a baseline run: computed on the others, but the table gives no verdict
     import shutil
 
     shutil.rmtree(tmp_path / "fgsm_rs_eqtime-s2")
     again = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0, 1, 2])
     assert again[0]["columns"]["autoattack"]["seeds"] == [0, 1]
-    assert "seeds [0, 1] only" in mod.render(again, [0, 1, 2])
+    partial = mod.render(again, [0, 1, 2])
+    assert "no verdict; wins on seeds [0, 1] only (+10.0 pts" in partial and "**" not in partial
 
 
 def test_cube_sampling_designs():
