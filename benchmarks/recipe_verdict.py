@@ -207,6 +207,16 @@ def campaign_curves(runs: str, arms, seeds, eval_dir="eval") -> dict:
     return out
 
 
+def _save(fig, out: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_campaign(curves: dict, out: str, title: str = "CIFAR-10, SmallCNN, standard recipe") -> list:
     """The campaign's figures from :func:`campaign_curves`: accuracy vs eps, per-corruption accuracy
     and the occlusion curves; returns the paths written."""
@@ -231,10 +241,7 @@ def plot_campaign(curves: dict, out: str, title: str = "CIFAR-10, SmallCNN, stan
         ax.set_title(f"{title}: accuracy vs eps (first 1,000 test images)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(out, "recipe_accuracy_vs_eps.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, out, "recipe_accuracy_vs_eps.png"))
     have = [a for a, c in curves.items() if "per_corruption" in c]
     if have:
         names = list(curves[have[0]]["per_corruption"])
@@ -249,10 +256,7 @@ def plot_campaign(curves: dict, out: str, title: str = "CIFAR-10, SmallCNN, stan
         ax.set_ylabel("accuracy (mean over 5 severities)")
         ax.set_title(f"{title}: CIFAR-10-C", fontsize=9, pad=28)
         ax.legend(fontsize=7, ncol=len(have), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-        fig.tight_layout()
-        paths.append(os.path.join(out, "recipe_cifar10c_per_corruption.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, out, "recipe_cifar10c_per_corruption.png"))
     have = [a for a, c in curves.items() if "occlusion_k" in c]
     if have:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
@@ -266,10 +270,7 @@ def plot_campaign(curves: dict, out: str, title: str = "CIFAR-10, SmallCNN, stan
         axes[0].set_ylabel("accuracy")
         axes[1].legend(fontsize=7)
         fig.suptitle(f"{title}: occlusion (first 1,000 test images)", fontsize=9)
-        fig.tight_layout()
-        paths.append(os.path.join(out, "recipe_occlusion.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, out, "recipe_occlusion.png"))
     return paths
 
 
