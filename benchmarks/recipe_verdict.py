@@ -39,6 +39,7 @@ sys.path.insert(0, ROOT)
 from attribshield._utils import from_bits  # noqa: E402
 from attribshield.evaluation import corruption_records  # noqa: E402
 from attribshield.evaluation.stats import paired_verdict  # noqa: E402
+from attribshield.runs import read_history  # noqa: E402
 
 COLUMNS = ("autoattack", "cifar10c", "occlusion_random", "occlusion_attributed")
 
@@ -108,30 +109,17 @@ def run_summary(runs: str, arm: str, seed: int, eval_dir) -> dict | None:
         for mode in ("random", "attributed"):
             if occ.get(mode):
                 row.setdefault(f"occlusion_{mode}", [float(v) for v in occ[mode]])
-    epochs = _history(runs, f"{arm}-s{seed}")
-    if epochs is not None:
+    epochs = read_history(os.path.join(runs, f"{arm}-s{seed}"))
+    if epochs:
         row["epochs"] = len(epochs)
         row["train_seconds"] = float(sum(e.get("dur", 0.0) for e in epochs))
     return row
 
 
-def _history(runs: str, run: str) -> list | None:
-    """The per-epoch history of a run's last checkpoint, or None if the run has no finished epoch."""
-    latest = os.path.join(runs, run, "latest")
-    if not os.path.exists(latest):
-        return None
-    with open(latest) as f:
-        path = os.path.join(runs, run, f.read().strip(), "history.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def training_seconds(runs: str, run: str) -> float:
     """The summed per-epoch ``dur`` of a finished run's last checkpoint (``<runs>/<run>/latest``)."""
-    epochs = _history(runs, run)
-    if epochs is None:
+    epochs = read_history(os.path.join(runs, run))
+    if not epochs:
         raise ValueError(f"{os.path.join(runs, run)} has no finished epoch (no 'latest' checkpoint with a history)")
     if not epochs or any("dur" not in e for e in epochs):
         raise ValueError(f"{os.path.join(runs, run)}'s last history.json lacks a per-epoch 'dur'")

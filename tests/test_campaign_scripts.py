@@ -326,6 +326,7 @@ def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path):
             (run / d).mkdir(parents=True)
             (run / d / "report.json").write_text(json.dumps(rep))
         (run / "epoch_0003").mkdir()
+        (run / "epoch_0003" / "meta.json").write_text("{}")
         (run / "epoch_0003" / "history.json").write_text(json.dumps([{"dur": 60.0}, {"dur": 90.0}, {"dur": 30.0}]))
         (run / "latest").write_text("epoch_0003")
     rows = mod.campaign_verdict(str(tmp_path), ["full_gradient"], "fgsm_rs_eqtime", "random_mask", [0],
@@ -354,6 +355,7 @@ def test_recipe_equal_time_epochs_follow_the_registered_formula(tmp_path, capsys
     def run(name, durs):
         folder = tmp_path / name / f"epoch_{len(durs):04d}"
         folder.mkdir(parents=True)
+        (folder / "meta.json").write_text("{}")  # what marks a checkpoint complete
         (folder / "history.json").write_text(json.dumps([{"epoch": i + 1, "dur": d} for i, d in enumerate(durs)]))
         (tmp_path / name / "latest").write_text(folder.name)
 
