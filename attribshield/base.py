@@ -133,6 +133,8 @@ def get_module(model) -> torch.nn.Module:
 #                                           ``grad`` the input gradient of the summed cross-entropy
 #                                           the attack computed (at its first step)
 # ``requires_mask``           regularizer   ``penalty`` needs the spurious mask (default True)
+# ``autocast_safe``           regularizer   ``penalty`` may run under the estimator's autocast
+#                                           (default False: it runs in fp32)
 # ``trainable``               explainer     ``partial_fit(model, X, target)`` trains it online
 # ``fused_fit_explain``       explainer     ``partial_fit_explain(model, X, target, *, n_fit,
 #                                           segments)``: a ``partial_fit`` step on ``X[:n_fit]``
@@ -142,7 +144,7 @@ def get_module(model) -> torch.nn.Module:
 # ==========================  ============  ========================================================
 CAPABILITY_DEFAULTS = {"accepts_mask": False, "provides_objective": False, "provides_input_grad": False,
                        "requires_mask": True, "trainable": False, "uses_input_grad": False,
-                       "fused_fit_explain": False}
+                       "fused_fit_explain": False, "autocast_safe": False}
 
 
 def capability(component, name: str) -> bool:

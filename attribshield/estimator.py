@@ -551,10 +551,13 @@ class RobustAttributionClassifier(NeuralNetClassifier):
                 loss = loss + self.mask_weight * loss_masked * share
             if self.regularizer_ is not None and capability(self.regularizer_, "requires_mask"):
                 rows = self._penalty_rows(has) if online else has
-                # outside autocast on purpose: the finite-difference penalty subtracts two passes
-                # at h = 0.01, and in bf16 their rounding error is as large as the difference
-                # (docs/performance.md, "In channels_last + bf16")
-                pen = self.regularizer_.penalty(module, X[rows], y[rows], pixel_mask(segments[rows], selected[rows]))
+                # outside autocast unless the regularizer declares it safe: the finite-difference
+                # penalty subtracts two passes at h = 0.01, and in bf16 their rounding error is
+                # as large as the difference (docs/performance.md, "In channels_last + bf16")
+                cast = self._autocast() if capability(self.regularizer_, "autocast_safe") else contextlib.nullcontext()
+                with cast:
+                    pen = self.regularizer_.penalty(module, X[rows], y[rows],
+                                                    pixel_mask(segments[rows], selected[rows]))
                 terms["penalty"] = pen.detach()
                 loss = loss + pen * (rows.sum() / len(rows))
         if self.regularizer_ is not None and not capability(self.regularizer_, "requires_mask"):

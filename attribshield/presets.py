@@ -84,6 +84,9 @@ class TrainConfig:
     refine_fraction: float = _opt(0.05, "share of the training set re-explained per round (exact-LIME methods)")
     mask_fraction: float = _opt(0.5, "full-dose methods: share of each batch that trains with a fresh mask")
     penalty_fraction: float = _opt(0.0625, "full-dose methods: share of each batch that also gets the penalty")
+    penalty_h: float = _opt(0.01, "full-dose methods: step of the finite-difference penalty")
+    penalty_bf16: bool = _opt(False, "full-dose methods: run the penalty's probes under the bf16 autocast too "
+                              "(cheaper; pair with a larger --penalty-h, docs/performance.md)")
     explainer_update_fraction: float = _opt(0.125, "full_amortized: share of each batch used to train the "
                                             "explainer online")
     explainer_coalitions: int = _opt(8, "full_amortized: LIME coalitions per image and explainer step")
@@ -115,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not self.penalty_h > 0:
+            raise ValueError(f"penalty_h must be > 0, got {self.penalty_h}")
         return self
 
     @classmethod
@@ -211,7 +216,8 @@ def build_estimator(cfg: TrainConfig, n_classes: int = 10, **kwargs):
             # the finite-difference penalty: double backprop through convolutions is the costliest
             # term on CPUs (docs/performance.md, "Full-dose cost")
             masker=masker, explainer=explainer,
-            regularizer=SpuriousSensitivityPenalty(weight=cfg.reg_weight, random_state=s),
+            regularizer=SpuriousSensitivityPenalty(weight=cfg.reg_weight, h=cfg.penalty_h,
+                                                   autocast=cfg.penalty_bf16, random_state=s),
             mask_weight=cfg.mask_weight, refine_mode="online", mask_fraction=cfg.mask_fraction,
             penalty_fraction=cfg.penalty_fraction, explainer_update_fraction=cfg.explainer_update_fraction,
             audit_size=0 if cfg.method == "random_mask" else cfg.audit_size, audit_samples=cfg.audit_samples,

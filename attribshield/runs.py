@@ -129,8 +129,10 @@ def train_run(run_dir, cfg: TrainConfig, X, y, n_classes: int, *, meta=None, res
             old = json.load(f)
 
         def fixed(rec):
+            # through TrainConfig, so that a field added since the run started reads as its default
+            config = TrainConfig.from_dict(rec["config"]).to_dict()
             return {**{k: v for k, v in rec.items() if k != "config"},
-                    "config": {k: v for k, v in rec["config"].items() if k not in RESUMABLE_CHANGES}}
+                    "config": {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}}
 
         if fixed(old) != fixed(record):
             raise ValueError(f"{run_dir} holds a run with another configuration; restart it or use another folder")

@@ -407,3 +407,36 @@ def test_recipe_figures_average_each_arm_over_its_seeds(tmp_path):
     assert all(os.path.getsize(p) > 1000 for p in paths)
     with pytest.raises(SystemExit):
         mod.main(["--runs", str(tmp_path), "--explain", "fgsm_rs-s0"])  # --explain without --plots
+
+
+def test_penalty_precision_compares_finite_differences_with_the_exact_derivative(tmp_path):
+    """benchmarks/penalty_precision.py: the numbers behind the fp32 probes of the penalty (docs/performance.md)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("penalty_precision", BENCH / "penalty_precision.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mask = mod.grid_mask(5, 8, cells=3, grid=4, generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (5, 3, 8, 8) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask.sum(dim=(1, 2, 3)).tolist() == [3 * 4 * 3] * 5  # 3 cells of 2x2 pixels, 3 channels
+    with pytest.raises(ValueError, match="cells"):
+        mod.grid_mask(2, 8, cells=17)
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    X, y = torch.rand(40, 3, 8, 8), torch.randint(0, 4, (40,))
+    mask = mod.grid_mask(40, 8, generator=torch.Generator().manual_seed(1))
+    res = mod.penalty_precision(model, X, y, mask, [1e-3, 0.5], batch=16)
+    fine, coarse = res[1e-3]["fp32_vs_exact"], res[0.5]["fp32_vs_exact"]
+    assert fine["pearson"] > 0.9999 and fine["penalty_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert coarse["median_rel_error"] > fine["median_rel_error"]  # curvature at a large step
+    assert set(res[1e-3]) == {"bf16_vs_fp32", "fp32_vs_exact", "bf16_vs_exact"}
+    with pytest.raises(ValueError, match="h must be > 0"):
+        mod.penalty_precision(model, X, y, mask, [0.01, 0.0])
+    with pytest.raises(ValueError, match="same length"):
+        mod.penalty_precision(model, X, y[:3], mask)
+    out = tmp_path / "pp.json"
+    assert mod.main(["--n", "8", "--h", "0.01", "0.04", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["results"]) == {"0.01", "0.04"}

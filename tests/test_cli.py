@@ -51,6 +51,24 @@ def test_train_writes_resumable_run(run_dir, capsys):
     assert len(read_history(run_dir)) == 2
 
 
+def test_a_run_from_before_a_new_config_field_resumes(run_dir, tmp_path, capsys):
+    """A field added to TrainConfig since the run started reads as its default, not as another configuration."""
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    done = len(read_history(run))
+    record = json.loads((run / "config.json").read_text())
+    del record["config"]["penalty_h"], record["config"]["penalty_bf16"]  # as an older version stored it
+    (run / "config.json").write_text(json.dumps(record))
+    args = ["train", "--config", str(run / "run.toml"), "--out", str(run), "--no-progress"]
+    assert main([*args, "--epochs", str(done + 1)]) == 0
+    assert "resuming" in capsys.readouterr().out and len(read_history(run)) == done + 1
+    record["config"]["penalty_h"] = 0.04  # a stored non-default value still counts
+    (run / "config.json").write_text(json.dumps(record))
+    assert main([*args, "--epochs", str(done + 2)]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
 def test_train_restart_starts_over(tmp_path, capsys):
     args = ["train", "--dataset", "digits", "--method", "fgsm_rs", "--train-subset", "64", "--eps", "0.1",
             "--batch-size", "32", "--out", str(tmp_path), "--no-progress"]

@@ -274,3 +274,15 @@ def test_under_bf16_autocast_the_masked_pass_is_cast_and_the_finite_difference_p
     net.partial_fit(*data)
     assert seen["penalty"] and not any(seen["penalty"])
     assert any(seen["forward"]) and not all(seen["forward"])  # cast training passes, fp32 penalty passes
+
+    # opting in (autocast=True, the capability 'autocast_safe') runs the probes in the training precision
+    fp32_passes, calls = seen["forward"].count(False), len(seen["penalty"])
+    seen["penalty"].clear()
+    seen["forward"].clear()
+    net = _online(regularizer=Recording(weight=0.1, h=0.04, autocast=True, random_state=0), autocast="bf16",
+                  audit_size=0, masker=RandomMasker(top_k=2, random_state=0), max_epochs=1)
+    net.initialize()
+    net.module_.register_forward_hook(lambda m, i, o: seen["forward"].append(torch.is_autocast_enabled("cpu")))
+    net.partial_fit(*data)
+    assert len(seen["penalty"]) == calls and all(seen["penalty"])
+    assert seen["forward"].count(False) == fp32_passes - calls  # exactly the penalty's passes moved to bf16

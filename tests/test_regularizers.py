@@ -175,6 +175,16 @@ def test_sensitivity_penalty_fresh_directions_but_reproducible():
     assert clone(a).get_params() == a.get_params()
 
 
+def test_sensitivity_penalty_declares_autocast_safety_by_its_parameter():
+    """Only an explicit ``autocast=True`` lets the estimator cast the probes (capability ``autocast_safe``)."""
+    from attribshield.base import capability
+
+    assert not capability(SpuriousSensitivityPenalty(), "autocast_safe")
+    assert capability(SpuriousSensitivityPenalty(autocast=True), "autocast_safe")
+    assert not capability(SpuriousGradientPenalty(), "autocast_safe")
+    assert clone(SpuriousSensitivityPenalty(autocast=True)).autocast is True
+
+
 @pytest.mark.parametrize(
     "pen, match",
     [
@@ -183,6 +193,7 @@ def test_sensitivity_penalty_fresh_directions_but_reproducible():
         (SpuriousGradientPenalty(weight="1"), "weight"),
         (SpuriousSensitivityPenalty(h=0.0), "h must be"),
         (SpuriousSensitivityPenalty(weight=-0.5), "weight"),
+        (SpuriousSensitivityPenalty(autocast="bf16"), "autocast"),
     ],
 )
 def test_bad_hyperparameters_raise(pen, match):
