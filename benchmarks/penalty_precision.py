@@ -106,8 +106,8 @@ def penalty_precision(module, X, y, mask, hs=HS, *, seed=0, batch=128):
 
 
 def render(results):
-    lines = ["| h | bf16 vs fp32: r | rel. error | penalty ratio | fp32 vs exact: r | bf16 vs exact: r | penalty ratio |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| h | bf16 vs fp32: r | rel. error | penalty ratio | fp32 vs exact: r | bf16 vs exact: r "
+             "| penalty ratio |", "|---|---|---|---|---|---|---|"]
     for h, r in results.items():
         a, b, c = r["bf16_vs_fp32"], r["fp32_vs_exact"], r["bf16_vs_exact"]
         lines.append(f"| {h:g} | {a['pearson']:.3f} | {a['median_rel_error']:.2f} | {a['penalty_ratio']:.2f} "

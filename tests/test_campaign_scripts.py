@@ -425,7 +425,8 @@ def test_penalty_precision_compares_finite_differences_with_the_exact_derivative
         mod.grid_mask(2, 8, cells=17)
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 16), torch.nn.Tanh(),
+                                torch.nn.Linear(16, 4))
     X, y = torch.rand(40, 3, 8, 8), torch.randint(0, 4, (40,))
     mask = mod.grid_mask(40, 8, generator=torch.Generator().manual_seed(1))
     res = mod.penalty_precision(model, X, y, mask, [1e-3, 0.5], batch=16)
