@@ -86,7 +86,7 @@ class TrainConfig:
     penalty_fraction: float = _opt(0.0625, "full-dose methods: share of each batch that also gets the penalty")
     penalty_h: float = _opt(0.01, "full-dose methods: step of the finite-difference penalty")
     penalty_bf16: bool = _opt(False, "full-dose methods: run the penalty's probes under the bf16 autocast too "
-                              "(cheaper; pair with a larger --penalty-h, docs/performance.md)")
+                              "(needs --bf16; cheaper; pair with a larger --penalty-h, docs/performance.md)")
     explainer_update_fraction: float = _opt(0.125, "full_amortized: share of each batch used to train the "
                                             "explainer online")
     explainer_coalitions: int = _opt(8, "full_amortized: LIME coalitions per image and explainer step")
@@ -120,6 +120,9 @@ class TrainConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not self.penalty_h > 0:
             raise ValueError(f"penalty_h must be > 0, got {self.penalty_h}")
+        if self.penalty_bf16 and not self.bf16:
+            raise ValueError("penalty_bf16 runs the penalty under the bf16 autocast and needs bf16=True "
+                             "(--bf16); without it the flag would do nothing")
         return self
 
     @classmethod

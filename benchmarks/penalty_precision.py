@@ -38,17 +38,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 HS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 
 
-def grid_mask(n, size, *, cells=3, grid=4, generator=None, channels=3):
-    """``(n, channels, size, size)`` float masks with ``cells`` random cells of a ``grid x grid`` grid set."""
+def grid_mask(n, size, *, cells=3, grid=4, random_state=None, channels=3):
+    """``(n, channels, size, size)`` float masks: ``cells`` random cells of a ``grid x grid`` grid per image.
+
+    The library's own pieces, as the full-dose presets use them: :class:`GridSegmenter` cuts the
+    grid, :class:`RandomMasker` picks the cells uniformly per image (``random_state`` seeds it),
+    :func:`pixel_mask` spreads the choice over the pixels.
+    """
+    from attribshield.explainers import GridSegmenter
+    from attribshield.maskers import RandomMasker, pixel_mask
+
     if not 1 <= cells <= grid * grid or size % grid:
         raise ValueError(f"cells must be in [1, {grid * grid}] and size a multiple of grid, got {cells}, {size}")
-    step = size // grid
-    mask = torch.zeros(n, channels, size, size)
-    for i in range(n):
-        for c in torch.randperm(grid * grid, generator=generator)[:cells].tolist():
-            r, q = divmod(c, grid)
-            mask[i, :, r * step:(r + 1) * step, q * step:(q + 1) * step] = 1.0
-    return mask
+    segments = GridSegmenter(cell=size // grid).segment(torch.zeros(n, 1, size, size))
+    masker = RandomMasker(top_k=cells, random_state=random_state)
+    selected = masker.select(masker.segment_scores(segments=segments))
+    return pixel_mask(segments, selected).expand(n, channels, size, size).contiguous()
 
 
 def _central_difference(module, X, y, direction, h, dtype):
@@ -148,8 +153,7 @@ def main(argv=None):
     if args.channels_last:
         module = module.to(memory_format=torch.channels_last)
         X = X.contiguous(memory_format=torch.channels_last)
-    mask = grid_mask(X.shape[0], X.shape[-1], generator=torch.Generator().manual_seed(args.seed + 1),
-                     channels=X.shape[1])
+    mask = grid_mask(X.shape[0], X.shape[-1], random_state=args.seed + 1, channels=X.shape[1])
     results = penalty_precision(module, X, y, mask, args.h, seed=args.seed)
     print(render(results))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

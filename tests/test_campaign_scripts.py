@@ -418,7 +418,7 @@ def test_penalty_precision_compares_finite_differences_with_the_exact_derivative
     spec = importlib.util.spec_from_file_location("penalty_precision", BENCH / "penalty_precision.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    mask = mod.grid_mask(5, 8, cells=3, grid=4, generator=torch.Generator().manual_seed(0))
+    mask = mod.grid_mask(5, 8, cells=3, grid=4, random_state=0)
     assert mask.shape == (5, 3, 8, 8) and set(mask.unique().tolist()) == {0.0, 1.0}
     assert mask.sum(dim=(1, 2, 3)).tolist() == [3 * 4 * 3] * 5  # 3 cells of 2x2 pixels, 3 channels
     with pytest.raises(ValueError, match="cells"):
@@ -428,7 +428,7 @@ def test_penalty_precision_compares_finite_differences_with_the_exact_derivative
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64, 16), torch.nn.Tanh(),
                                 torch.nn.Linear(16, 4))
     X, y = torch.rand(40, 3, 8, 8), torch.randint(0, 4, (40,))
-    mask = mod.grid_mask(40, 8, generator=torch.Generator().manual_seed(1))
+    mask = mod.grid_mask(40, 8, random_state=1)
     res = mod.penalty_precision(model, X, y, mask, [1e-3, 0.5], batch=16)
     fine, coarse = res[1e-3]["fp32_vs_exact"], res[0.5]["fp32_vs_exact"]
     assert fine["pearson"] > 0.9999 and fine["penalty_ratio"] == pytest.approx(1.0, abs=1e-3)

@@ -159,14 +159,16 @@ def test_criterion_flag_reaches_the_masker_and_bad_values_fail_early(tmp_path, c
     cfg = _config_from_args(args)
     clf = build_estimator(cfg)
     assert (clf.masker.criterion, clf.masker.top_k) == ("unstable", 6)
-    pen = build_estimator(TrainConfig(method="full_gradient", penalty_h=0.04, penalty_bf16=True)).regularizer
+    pen = build_estimator(TrainConfig(method="full_gradient", penalty_h=0.04, penalty_bf16=True,
+                                     bf16=True)).regularizer
     assert (pen.h, pen.autocast) == (0.04, True)  # the flags reach the full-dose penalty
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--out", str(tmp_path), "--criterion", "spurious"])
     assert "invalid choice" in capsys.readouterr().err
     cfg = tmp_path / "bad.toml"
     for text, msg in [('criterion = "spurious"', "criterion must be one of"), ("top_k = 0", "top_k must be >= 1"),
-                      ("penalty_h = 0.0", "penalty_h must be > 0")]:
+                      ("penalty_h = 0.0", "penalty_h must be > 0"),
+                      ("penalty_bf16 = true", "needs bf16=True")]:
         cfg.write_text("[train]\n" + text + "\n")
         assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
         assert msg in capsys.readouterr().err
