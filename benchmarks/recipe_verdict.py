@@ -138,8 +138,12 @@ def equal_time_epochs(runs: str, seed: int, method: str = "full_amortized", base
     return int(round(epochs * t_method / t_base))
 
 
-def render_runs(rows) -> str:
-    """The main table: one line per run, ``-`` where a report lacks a column."""
+def render_runs(rows, missing=()) -> str:
+    """The main table: one line per run, ``-`` where a report lacks a column.
+
+    ``missing`` is a sequence of ``(arm, seeds)`` with no evaluated run: each gets one
+    ``not run`` line after the runs, so the table names every requested row.
+    """
     head = ("| arm | seed | clean | PGD-20 | AutoAttack | CIFAR-10-C mean | occlusion (random), k = 1..4 "
             "| occlusion (attributed), k = 1..4 | epochs, training time |")
     lines = [head, "|---" * 9 + "|"]
@@ -150,6 +154,8 @@ def render_runs(rows) -> str:
         occ = f"{fl(row, 'occlusion_random')} | {fl(row, 'occlusion_attributed')}"
         lines.append(f"| `{row['arm']}` | {row['seed']} | {f(row, 'clean')} | {f(row, 'pgd')} | {f(row, 'autoattack')} "
                      f"| {f(row, 'cifar10c')} | {occ} | {t} |")
+    for arm, seeds in missing:
+        lines.append(f"| `{arm}` | {', '.join(str(sd) for sd in seeds)} |" + " not run |" * 7)
     return "\n".join(lines)
 
 
@@ -351,8 +357,10 @@ def main(argv=None):
     if args.table:
         summaries = [r for a in args.table for sd in args.seeds
                      if (r := run_summary(args.runs, a, sd, args.eval_dir)) is not None]
+        have = {(r["arm"], r["seed"]) for r in summaries}
+        missing = [(a, gone) for a in args.table if (gone := [sd for sd in args.seeds if (a, sd) not in have])]
         print()
-        print(render_runs(summaries))
+        print(render_runs(summaries, missing))
     if args.plots:
         for path in plot_campaign(campaign_curves(args.runs, args.table or [args.baseline, *args.methods,
                                                                               args.control],

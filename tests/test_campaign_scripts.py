@@ -302,7 +302,7 @@ def test_shortcut_loss_rises_flag_one_epoch_increases_above_the_threshold():
     assert mod.loss_rises([]) == []
 
 
-def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path):
+def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path, capsys):
     """AutoAttack in its own folder (``evaluate --autoattack --out R/eval-aa``) joins the main report."""
     import importlib.util
 
@@ -340,8 +340,13 @@ def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path):
     assert row["clean"] == 0.7 and row["autoattack"] == 0.4 and row["cifar10c"] == 0.65
     assert row["epochs"] == 3 and row["train_seconds"] == pytest.approx(180.0)
     assert mod.run_summary(str(tmp_path), "pgd", 0, ["eval"]) is None
-    table = mod.render_runs([row])
+    table = mod.render_runs([row], [("pgd", [0, 2])])
     assert "| `full_gradient` | 0 | 0.700 | 0.400 | 0.400 | 0.650 | 0.700, 0.600 | 0.500, 0.400 | 3, 3 min |" in table
+    assert table.splitlines()[-1] == "| `pgd` | 0, 2 |" + " not run |" * 7  # requested rows without a run
+    assert mod.main(["--runs", str(tmp_path), "--seeds", "0", "--methods", "full_gradient", "--eval-dir", "eval",
+                     "eval-aa", "--table", "full_gradient", "pgd"]) == 0
+    out = capsys.readouterr().out
+    assert "| `full_gradient` | 0 | 0.700 |" in out and "| `pgd` | 0 | not run |" in out
 
 
 def test_recipe_equal_time_epochs_follow_the_registered_formula(tmp_path, capsys):
