@@ -113,6 +113,10 @@ def run_summary(runs: str, arm: str, seed: int, eval_dir) -> dict | None:
     if epochs:
         row["epochs"] = len(epochs)
         row["train_seconds"] = float(sum(e.get("dur", 0.0) for e in epochs))
+        # exact-LIME refinement runs between epochs, outside ``dur`` (attribshield.refinement)
+        refine = float(sum(e.get("refine_dur", 0.0) for e in epochs))
+        if refine > 0:
+            row["refine_seconds"] = refine
     return row
 
 
@@ -151,6 +155,8 @@ def render_runs(rows, missing=()) -> str:
     fl = lambda row, k: ", ".join(f"{v:.3f}" for v in row[k]) if k in row else "-"  # noqa: E731
     for row in rows:
         t = (f"{row['epochs']}, {row['train_seconds'] / 60:.0f} min" if "train_seconds" in row else "-")
+        if "refine_seconds" in row:
+            t += f" + {row['refine_seconds'] / 60:.0f} min of refinement"
         occ = f"{fl(row, 'occlusion_random')} | {fl(row, 'occlusion_attributed')}"
         lines.append(f"| `{row['arm']}` | {row['seed']} | {f(row, 'clean')} | {f(row, 'pgd')} | {f(row, 'autoattack')} "
                      f"| {f(row, 'cifar10c')} | {occ} | {t} |")
