@@ -343,6 +343,7 @@ def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path, c
     assert mod.run_summary(str(tmp_path), "pgd", 0, ["eval"]) is None
     table = mod.render_runs([row], [("pgd", [0, 2])])
     assert "| `full_gradient` | 0 | 0.700 | 0.400 | 0.400 | 0.650 | 0.700, 0.600 | 0.500, 0.400 | 3, 3 min |" in table
+    assert table.splitlines()[-1] == "| `pgd` | 0, 2 |" + " not run |" * 7  # requested rows without a run
     # the exact-LIME method refines between epochs, outside ``dur``: its time is shown apart
     hist = tmp_path / "random_mask-s0" / "epoch_0003" / "history.json"
     hist.write_text(json.dumps([{"dur": 60.0, "refine_dur": 120.0}, {"dur": 90.0, "refine_dur": 120.0},
@@ -350,7 +351,6 @@ def test_recipe_verdict_merges_evaluation_folders_and_tabulates_runs(tmp_path, c
     refined = mod.run_summary(str(tmp_path), "random_mask", 0, ["eval"])
     assert refined["train_seconds"] == pytest.approx(180.0) and refined["refine_seconds"] == pytest.approx(240.0)
     assert mod.render_runs([refined]).endswith("| 3, 3 min + 4 min of refinement |")
-    assert table.splitlines()[-1] == "| `pgd` | 0, 2 |" + " not run |" * 7  # requested rows without a run
     assert mod.main(["--runs", str(tmp_path), "--seeds", "0", "--methods", "full_gradient", "--eval-dir", "eval",
                      "eval-aa", "--table", "full_gradient", "pgd"]) == 0
     out = capsys.readouterr().out
