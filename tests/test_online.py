@@ -286,3 +286,51 @@ def test_under_bf16_autocast_the_masked_pass_is_cast_and_the_finite_difference_p
     net.partial_fit(*data)
     assert len(seen["penalty"]) == calls and all(seen["penalty"])
     assert seen["forward"].count(False) == fp32_passes - calls  # exactly the penalty's passes moved to bf16
+
+
+class _ConvBNNet(torch.nn.Module):
+    """A conv-BN network for 1x8x8 images (TinyMLP has no BatchNorm to fold)."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+        self.head = torch.nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_online_amortized_explainer_runs_a_folded_copy_of_the_current_model(data, monkeypatch):
+    """The explainer's passes of an online step run on an eval-mode copy of the current model
+    with Conv-BN pairs folded: the same function, no BatchNorm, parameters untouched."""
+    seen = []
+    orig = AmortizedLimeExplainer._explain
+
+    def spy(self, module, X, *a, **k):
+        seen.append(module)
+        return orig(self, module, X, *a, **k)
+
+    monkeypatch.setattr(AmortizedLimeExplainer, "_explain", spy)
+    clf = _online(module=_ConvBNNet, explainer=AmortizedLimeExplainer(hidden=4, n_coalitions=4, random_state=0),
+                  max_epochs=1, audit_size=0)
+    clf.fit(*data)
+    monkeypatch.undo()
+    assert len(seen) == 2 * 3  # x and x_adv, 3 batches
+    live = clf.module_.eval()
+    for m in seen:
+        assert m is not clf.module_ and not m.training
+        assert not any(isinstance(layer, torch.nn.BatchNorm2d) for layer in m.modules())
+        assert not any(p.requires_grad for p in m.parameters())
+    # the last step's copy computes what the model computed before that step's update
+    X = torch.as_tensor(data[0][:8])
+    assert not torch.allclose(seen[-1](X), live(X), atol=1e-6)  # the step changed the model after
+    assert any(isinstance(layer, torch.nn.BatchNorm2d) for layer in live.modules())
+    # without BatchNorm nothing is copied
+    seen.clear()
+    monkeypatch.setattr(AmortizedLimeExplainer, "_explain", spy)
+    plain = _online(explainer=AmortizedLimeExplainer(hidden=4, n_coalitions=4, random_state=0), max_epochs=1,
+                    audit_size=0)
+    plain.fit(*data)
+    monkeypatch.undo()
+    assert all(m is plain.module_ for m in seen)
