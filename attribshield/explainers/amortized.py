@@ -58,7 +58,7 @@ class _ExplainerNet(nn.Module):
     resolution.  The gain multiplies the first-order attribution where the explainer has one
     (``use_gradient``): a per-image scale is what a ReLU network finds hardest to learn from
     an input channel.  The output layers start at zero, so an untrained network explains every
-    segment with weight 0 (and the intercept with the context's ``p_y``).
+    segment with weight 0 (and the intercept with ``p_y(x)``).
     """
 
     def __init__(self, in_channels: int, n_classes: int, hidden: int):
@@ -154,10 +154,7 @@ class AmortizedLimeExplainer(Component):
 
     The network ``phi`` maps an image to a per-pixel map for each class; a segment's weight is
     the sum of the target class's map over the segment's pixels, and the intercept is
-    ``q_y - sum(weights) + c_y(x)`` with ``c`` a second (pooled) output of ``phi`` and ``q`` the
-    class probabilities ``phi`` reads as its context: with ``use_gradient``, those at the
-    blend(s) where the gradient is taken (the gradient's forward pass gives them), otherwise
-    those of ``x``.  Training fits the all-kept mask to ``p_y(x)`` either way.
+    ``p_y(x) - sum(weights) + c_y(x)`` with ``c`` a second (pooled) output of ``phi``.
     ``phi`` is trained, without ground-truth explanations, to minimise LIME's expected
     kernel-weighted ridge objective (module docstring): each step draws ``n_coalitions``
     masks per image from the kernel-weighted law of LIME's masks (importance sampling: every
@@ -256,11 +253,6 @@ class AmortizedLimeExplainer(Component):
         Mean LIME objective of the last step's batch (on its sampled masks).
     loss_curve_ : list of float
         Mean step loss of every epoch of the last :meth:`fit`.
-    context_ : {"blend", "input"}
-        Where the class probabilities the network reads come from: ``"blend"`` (the
-        gradient's blends; networks built with ``use_gradient``) or ``"input"`` (the clean
-        image; networks without the gradient input, and networks saved before the blend
-        context existed, which keep what they were trained on).
 
     See Also
     --------
@@ -268,9 +260,8 @@ class AmortizedLimeExplainer(Component):
 
     Notes
     -----
-    Cost of :meth:`explain` per image: with ``use_gradient=True``, ``gradient_points`` forward
-    and backward passes of the classifier (plus a clean forward pass for the predicted class
-    when ``target`` is ``None``); without, one clean forward pass; and one forward pass of the
+    Cost of :meth:`explain` per image: one classifier forward pass (predicted class and
+    ``p_y(x)``; plus one backward pass with ``use_gradient=True``) and one forward pass of the
     explainer network (about 4M multiply-adds on a 32x32 image with ``hidden=8``, a tenth of
     the ``SmallCNN`` classifier).  Cost of a training step per image: ``n_coalitions + 1``
     classifier forward passes and one forward/backward pass of the network.
@@ -403,8 +394,6 @@ class AmortizedLimeExplainer(Component):
         stale = state.get("net_") is not None and "gain" not in state["net_"]._modules
         if stale:  # pickled before the gain head existed: Adam's moments start afresh
             state["net_"] = _with_gain(state["net_"])
-        if state.get("net_") is not None and "context_" not in state:
-            state["context_"] = "input"  # pickled before the context existed: keep what it was trained on
         super().__setstate__(state)
         if opt_state is not None:
             self.optimizer_ = self._make_optimizer(self.net_)
@@ -422,7 +411,7 @@ class AmortizedLimeExplainer(Component):
             return None
         opt = self.optimizer_.state_dict() if "optimizer_" in self.__dict__ else None
         return {"config": list(self.net_config_), "net": self.net_.state_dict(), "optimizer": opt,
-                "n_iter": int(self.n_iter_), "context": self._context()}
+                "n_iter": int(self.n_iter_)}
 
     def load_state_dict(self, state: dict) -> "AmortizedLimeExplainer":
         """Restore what :meth:`state_dict` returned; the parameters must match its configuration."""
@@ -435,8 +424,6 @@ class AmortizedLimeExplainer(Component):
         if _load_net(self.net_, state["net"]) and state.get("optimizer") is not None:
             self.optimizer_.load_state_dict(state["optimizer"])
         self.n_iter_ = int(state["n_iter"])
-        # states saved before the context existed read the clean images' probabilities
-        self.context_ = state.get("context", "input")
         return self
 
     def _make_optimizer(self, net):
@@ -461,17 +448,10 @@ class AmortizedLimeExplainer(Component):
         self.n_iter_ = 0
         self.loss_ = float("nan")
         self.net_config_ = (int(n_channels), int(n_classes), int(self.hidden), bool(self.use_gradient))
-        self.context_ = "blend" if self.use_gradient else "input"
-
-    def _context(self) -> str:
-        """Which class probabilities the network reads: ``'blend'`` (at the gradient's blends)
-        or ``'input'`` (of the clean image; networks without the gradient input, and those
-        saved before the blend context existed)."""
-        return self.__dict__.get("context_", "input") if self.use_gradient else "input"
 
     def _reset(self) -> None:
         for name in ("net_", "optimizer_", "n_classes_", "n_channels_", "n_iter_", "loss_", "loss_curve_",
-                     "net_config_", "context_"):
+                     "net_config_"):
             self.__dict__.pop(name, None)
 
     def _net_on(self, device):
@@ -507,11 +487,9 @@ class AmortizedLimeExplainer(Component):
         probs = torch.softmax(logits.float(), 1)
         return probs, (probs.argmax(1) if target is None else target)
 
-    def _blend_gradient(self, module, X, fimg, target, seg=None, generator=None):
+    def _blend_gradient(self, module, X, fimg, target, seg=None, generator=None) -> torch.Tensor:
         """Input gradient of ``p_target`` at the half-filled image ``(x + fill) / 2``, or with
-        ``gradient_points = k >= 2`` its mean over ``k`` Latin-hypercube blends per segment;
-        and the class probabilities ``(N, K)`` at the blend(s) (mean over the blends), which
-        the same forward passes give.
+        ``gradient_points = k >= 2`` its mean over ``k`` Latin-hypercube blends per segment.
 
         LIME's kernel-weighted masks hide about half of the segments (6 to 11 of 16 kept
         carry most of the weight), so the linearisation at the half-way blend predicts LIME's
@@ -525,14 +503,12 @@ class AmortizedLimeExplainer(Component):
             keep = latin_hypercube(k, X.shape[0], int(seg.amax()) + 1, generator, X.device)
             blends = (blend_segments(X, fimg, seg, m) for m in keep)
         total = torch.zeros_like(X)
-        mean_probs = 0.0
         with torch.enable_grad():
             for Xb in blends:
                 Xb = Xb.detach().requires_grad_(True)
                 probs = torch.softmax(self._logits(module, Xb).float(), 1)
                 total += torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
-                mean_probs = mean_probs + probs.detach()
-        return total / k, mean_probs / k
+        return total / k
 
     def _masked_probs(self, module, X, fimg, seg, keep) -> torch.Tensor:
         """Class probabilities of the filled images: ``(N, P, K)`` float32 (no_grad, batched)."""
@@ -597,29 +573,14 @@ class AmortizedLimeExplainer(Component):
         return tuple(o.float() for o in out)
 
     def _prepare(self, module, X, target, segments=None, generator=None):
-        """``(context, target, grad, seg, valid, fimg, probs)``: the class probabilities the
-        network reads (``context``), segments, valid columns, fill, (``use_gradient``) the
-        gradient, and the clean images' probabilities ``probs`` where they were computed.
-
-        With the blend context and a given ``target`` there is no clean pass (``probs`` is
-        ``None``): the blends' forward passes give the context, and the training step runs the
-        clean pass on its own rows (:meth:`_clean_probs`).
-        """
-        probs = None
-        if target is None or self._context() == "input":
-            probs, target = self._clean_pass(module, X, target)
+        """Clean pass, segments, valid columns, fill and (``use_gradient``) the gradient."""
+        probs, target = self._clean_pass(module, X, target)
         seg = self._segments(X, segments)
         s_n = seg.reshape(seg.shape[0], -1).amax(1) + 1
         valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
         fimg = segment_means(X, seg)
-        grad = context = None
-        if self.use_gradient:
-            grad, at_blend = self._blend_gradient(module, X, fimg, target, seg, generator)
-            if self._context() == "blend":
-                context = at_blend
-        if context is None:
-            context = probs
-        return context, target, grad, seg, valid, fimg, probs
+        grad = self._blend_gradient(module, X, fimg, target, seg, generator) if self.use_gradient else None
+        return probs, target, grad, seg, valid, fimg
 
     def _inputs(self, model, X, target):
         """Validate ``model``, ``X`` and ``target``; ``X`` on the module's device and dtype."""
@@ -644,9 +605,7 @@ class AmortizedLimeExplainer(Component):
         with eval_mode(module):
             if prepared is None:
                 prepared = self._prepare(module, X, target, generator=generator)
-            context, target, grad, seg, valid, fimg, probs = prepared
-            if probs is None:  # the all-kept mask's value: p(x), one clean pass of the step's rows
-                probs, _ = self._clean_pass(module, X, target)
+            probs, target, grad, seg, valid, fimg = prepared
             law, z_pi = _coalition_law(valid, float(self.kernel_width))
             keep = _draw_coalitions(valid, int(self.n_coalitions), law, generator)
             f = self._masked_probs(module, X, fimg, seg, keep)  # (N, n, K)
@@ -655,7 +614,7 @@ class AmortizedLimeExplainer(Component):
         for group in self.optimizer_.param_groups:
             group["lr"] = float(lr)
         all_classes = bool(self.all_classes)
-        weights, intercept = self._surrogate(X, seg, valid, fimg, context, target, grad, all_classes)
+        weights, intercept = self._surrogate(X, seg, valid, fimg, probs, target, grad, all_classes)
         if all_classes:  # every class: (N, K, S) weights, (N, n, K) targets
             p_full = probs
         else:
@@ -881,15 +840,15 @@ class AmortizedLimeExplainer(Component):
                 tb = None if target is None else target[a:b]
                 sb = None if seg_all is None else seg_all[a:b]
                 prepared = self._prepare(module, X[a:b], tb, sb, blend_gen)
-                context, tb, grad, seg, valid, fimg, _ = prepared
-                if context.shape[1] != self.n_classes_:
-                    self._check_compatible(X.shape[1], context.shape[1])
+                probs, tb, grad, seg, valid, fimg = prepared
+                if probs.shape[1] != self.n_classes_:
+                    self._check_compatible(X.shape[1], probs.shape[1])
                 if fit is not None and a == 0:
                     k, generator = fit
                     rows = tuple(None if t is None else t[:k] for t in prepared)
                     self._step(module, X[:k], rows[1], generator, float(self.lr), prepared=rows)
                 with torch.no_grad():
-                    w, icpt = self._surrogate(X[a:b], seg, valid, fimg, context, tb, grad)
+                    w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
                 parts.append((seg, w, valid, icpt, tb))
         s_max = max(p[1].shape[1] for p in parts)
         seg = torch.cat([p[0] for p in parts])
