@@ -144,7 +144,7 @@ def get_module(model) -> torch.nn.Module:
 # ==========================  ============  ========================================================
 CAPABILITY_DEFAULTS = {"accepts_mask": False, "provides_objective": False, "provides_input_grad": False,
                        "requires_mask": True, "trainable": False, "uses_input_grad": False,
-                       "fused_fit_explain": False, "autocast_safe": False}
+                       "fused_fit_explain": False, "autocast_safe": False, "optional_intercept": False}
 
 
 def capability(component, name: str) -> bool:

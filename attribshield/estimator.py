@@ -662,10 +662,13 @@ class RobustAttributionClassifier(NeuralNetClassifier):
             if grad is None:
                 grad = self._input_grad(module, X, y)
             return self.explainer_.attribute_from_grad(X, -grad, segments, y)  # -grad CE = grad log p_y
+        # the masker reads the weights only: an explainer whose intercept costs a pass of its own
+        # skips it (declared by ``optional_intercept``)
+        kw = {"intercept": False} if capability(self.explainer_, "optional_intercept") else {}
         with eval_mode(module):
             if fit_rows:
-                return self.explainer_.partial_fit_explain(module, X, y, n_fit=fit_rows, segments=segments)
-            return self.explainer_.explain(module, X, y, segments=segments)
+                return self.explainer_.partial_fit_explain(module, X, y, n_fit=fit_rows, segments=segments, **kw)
+            return self.explainer_.explain(module, X, y, segments=segments, **kw)
 
     def _update_explainer(self, module, X, y):
         """One online step of a trainable explainer (amortized LIME) against the current model."""

@@ -63,7 +63,7 @@ def main(argv=None):
     seg = expl._segments(Xa, None)
     fimg = segment_means(Xa, seg)
     probs, _ = expl._clean_pass(model, Xa, ya)
-    grad = expl._blend_gradient(model, Xa, fimg, ya)
+    grad, _ = expl._blend_gradient(model, Xa, fimg, ya)
     valid = torch.ones(n, int(seg.amax()) + 1, dtype=torch.bool)
 
     def network():

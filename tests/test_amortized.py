@@ -128,7 +128,7 @@ def _population_fit(use_gradient, **kw):
     X = images(12, seed=1)
     seg = GridSegmenter(cell=4).segment(X)  # 2x2 grid: 4 segments
     coef, icpt = population_lime(model, X, 1, seg)
-    params = dict(segmenter=GridSegmenter(cell=4), hidden=8, n_coalitions=32, batch_size=12, max_epochs=200,
+    params = dict(segmenter=GridSegmenter(cell=4), hidden=8, n_coalitions=32, batch_size=12, max_epochs=400,
                   lr=5e-3, augment=False, use_gradient=use_gradient, random_state=0)
     expl = AmortizedLimeExplainer(**{**params, **kw}).fit(model, X, target=1)
     return expl.explain(model, X, target=1), coef, icpt
@@ -269,11 +269,11 @@ def test_gradient_points_feed_the_cube_path_gradient():
     fimg = segment_means(X, seg)
     target = model(X).argmax(1)
     expl = small(gradient_points=4)
-    grad = expl._blend_gradient(model, X, fimg, target, seg, make_generator(3, "cpu"))
+    grad, _ = expl._blend_gradient(model, X, fimg, target, seg, make_generator(3, "cpu"))
     ours = attribute_from_grad(X, grad, seg, target).weights
     cube = GradientExplainer(n_steps=4, path="cube", random_state=3).explain(model, X, target, segments=seg)
     torch.testing.assert_close(ours, cube.weights, rtol=1e-4, atol=1e-6)
-    half = attribute_from_grad(X, small()._blend_gradient(model, X, fimg, target), seg, target).weights
+    half = attribute_from_grad(X, small()._blend_gradient(model, X, fimg, target)[0], seg, target).weights
     assert not torch.allclose(ours, half, atol=1e-4)
     # fit, partial_fit and explain run with it; a seeded explainer explains the same way twice
     fitted = expl.fit(model, X)
@@ -294,7 +294,7 @@ def test_cube_path_gradient_in_bf16_ranks_like_fp32():
     w = {}
     for cast in (None, "bf16"):
         expl = small(gradient_points=12, channels_last=cast is not None, autocast=cast)
-        grad = expl._blend_gradient(model, X, fimg, target, seg, make_generator(5, "cpu"))
+        grad, _ = expl._blend_gradient(model, X, fimg, target, seg, make_generator(5, "cpu"))
         assert grad.dtype == torch.float32
         w[cast] = attribute_from_grad(X, grad, seg, target).weights
     assert not torch.equal(w[None], w["bf16"])  # bf16 really ran
@@ -472,6 +472,103 @@ def test_gain_scales_the_first_order_attribution_and_old_states_load():
     unpickled = pickle.loads(pickle.dumps(expl))
     assert torch.equal(unpickled.explain(model, X).weights, base.weights)
     unpickled.partial_fit(model, X)
+
+
+class RowCountingModel(torch.nn.Module):
+    """Wraps a model and counts the images it is run on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.rows = 0
+
+    def forward(self, x):
+        self.rows += x.shape[0]
+        return self.model(x)
+
+
+def test_blend_context_needs_no_clean_pass_for_a_given_target():
+    """With the gradient input the network reads the class probabilities at the gradient's
+    blend, which its forward pass gives: the weights for a given target need one classifier
+    pass per image, not two (``intercept=False``, the training loop's call); the intercept,
+    and the predicted class for ``target=None``, still take the clean pass."""
+    model = RowCountingModel(tiny_cnn())
+    X = images(12)
+    expl = small(use_gradient=True).fit(model, X)
+    assert expl.context_ == "blend"
+    target = model(X).argmax(1)
+    full = expl.explain(model, X, target)
+    for tgt, icpt, per_image in ((target, False, 1), (target, True, 2), (None, False, 2), (None, True, 2)):
+        model.rows = 0
+        attr = expl.explain(model, X, tgt, intercept=icpt)
+        assert model.rows == per_image * len(X)
+        assert torch.equal(attr.target, target)
+        assert torch.equal(attr.weights, full.weights)  # the weights never depend on the clean pass
+        assert bool(attr.intercept.isnan().all()) == (not icpt and tgt is not None)
+    # the fused online step: a clean pass of its own rows only
+    model.rows = 0
+    fused = small(use_gradient=True).fit(model, X)
+    model.rows = 0
+    fused.partial_fit_explain(model, X, target, n_fit=4, intercept=False)
+    assert model.rows == len(X) + 4 + 4 * fused.n_coalitions  # blends, the step's clean pass, coalitions
+    # the context is p at the half-way blend: the network's context input, checked by
+    # replacing the network with one that records it
+    seen = {}
+    forward = expl.net_.forward
+
+    def spy(feats, probs):
+        seen["probs"] = probs
+        return forward(feats, probs)
+
+    expl.net_.forward = spy
+    expl.explain(model, X, target)
+    del expl.net_.forward
+    fimg = segment_means(X, GridSegmenter(cell=2).segment(X))
+    with torch.no_grad():
+        at_blend = torch.softmax(model((X + fimg) / 2), 1)
+    torch.testing.assert_close(seen["probs"], at_blend)
+    # the training step still fits the all-kept mask to p(x): one clean pass of its rows
+    model.rows = 0
+    expl.partial_fit(model, X[:4], target[:4])
+    assert model.rows == 4 + 4 + 4 * expl.n_coalitions  # clean pass, blend, coalitions
+    # the intercept rests on p(x), not on the context: the untrained network gives p_y(x)
+    fresh = small(use_gradient=True)
+    fresh.partial_fit(model, X[:1], target[:1])
+    with torch.no_grad():
+        for layer in (fresh.net_.head[-1], fresh.net_.intercept, fresh.net_.gain):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    with torch.no_grad():
+        p_x = torch.softmax(model(X), 1).gather(1, target[:, None])[:, 0]
+    torch.testing.assert_close(fresh.explain(model, X, target).intercept, p_x)
+    # without the gradient input there is no blend: the clean probabilities are the context
+    plain = small(use_gradient=False).fit(model, X)
+    assert plain.context_ == "input"
+    model.rows = 0
+    plain.explain(model, X, target, intercept=False)
+    assert model.rows == len(X)
+
+
+def test_states_saved_before_the_blend_context_keep_the_clean_context():
+    """A checkpoint or pickle of a network trained on the clean images' probabilities (saved
+    before the context existed) explains with those probabilities, as it was trained."""
+    model = tiny_cnn()
+    X = images(12)
+    expl = small(use_gradient=True).fit(model, X)
+    target = model(X).argmax(1)
+    state = expl.state_dict()
+    assert state["context"] == "blend"
+    old = {k: v for k, v in state.items() if k != "context"}
+    restored = small(use_gradient=True).load_state_dict(old)
+    assert restored.context_ == "input"
+    counting = RowCountingModel(model)
+    restored.explain(counting, X, target, intercept=False)
+    assert counting.rows == 2 * len(X)  # the clean pass is back: it is the context
+    assert not torch.equal(restored.explain(model, X, target).weights, expl.explain(model, X, target).weights)
+    pickled = pickle.loads(pickle.dumps(expl))
+    assert pickled.context_ == "blend"
+    del expl.__dict__["context_"]
+    assert pickle.loads(pickle.dumps(expl)).context_ == "input"
 
 
 def test_the_network_runs_in_the_classifiers_precision():

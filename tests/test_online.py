@@ -303,12 +303,14 @@ class _ConvBNNet(torch.nn.Module):
 
 def test_online_amortized_explainer_runs_a_folded_copy_of_the_current_model(data, monkeypatch):
     """The explainer's passes of an online step run on an eval-mode copy of the current model
-    with Conv-BN pairs folded: the same function, no BatchNorm, parameters untouched."""
-    seen = []
+    with Conv-BN pairs folded (the same function, no BatchNorm, parameters untouched), and ask
+    for no intercept (``optional_intercept``)."""
+    seen, intercepts = [], []
     orig = AmortizedLimeExplainer._explain
 
     def spy(self, module, X, *a, **k):
         seen.append(module)
+        intercepts.append(k.get("intercept"))
         return orig(self, module, X, *a, **k)
 
     monkeypatch.setattr(AmortizedLimeExplainer, "_explain", spy)
@@ -317,6 +319,7 @@ def test_online_amortized_explainer_runs_a_folded_copy_of_the_current_model(data
     clf.fit(*data)
     monkeypatch.undo()
     assert len(seen) == 2 * 3  # x and x_adv, 3 batches
+    assert intercepts == [False] * 6  # the masker reads weights: no clean pass for the intercept
     live = clf.module_.eval()
     for m in seen:
         assert m is not clf.module_ and not m.training

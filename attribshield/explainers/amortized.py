@@ -154,7 +154,10 @@ class AmortizedLimeExplainer(Component):
 
     The network ``phi`` maps an image to a per-pixel map for each class; a segment's weight is
     the sum of the target class's map over the segment's pixels, and the intercept is
-    ``p_y(x) - sum(weights) + c_y(x)`` with ``c`` a second (pooled) output of ``phi``.
+    ``p_y(x) - sum(weights) + c_y(x)`` with ``c`` a second (pooled) output of ``phi``.  Besides
+    the image, ``phi`` reads class probabilities as its context: with ``use_gradient``, those
+    at the blend(s) where the gradient is taken (the gradient's forward pass gives them, so
+    the weights need no clean pass of ``x``), otherwise those of ``x``.
     ``phi`` is trained, without ground-truth explanations, to minimise LIME's expected
     kernel-weighted ridge objective (module docstring): each step draws ``n_coalitions``
     masks per image from the kernel-weighted law of LIME's masks (importance sampling: every
@@ -253,6 +256,11 @@ class AmortizedLimeExplainer(Component):
         Mean LIME objective of the last step's batch (on its sampled masks).
     loss_curve_ : list of float
         Mean step loss of every epoch of the last :meth:`fit`.
+    context_ : {"blend", "input"}
+        Where the class probabilities the network reads come from: ``"blend"`` (the
+        gradient's blends; networks built with ``use_gradient``) or ``"input"`` (the clean
+        image; networks without the gradient input, and networks saved before the blend
+        context existed, which keep what they were trained on).
 
     See Also
     --------
@@ -260,8 +268,9 @@ class AmortizedLimeExplainer(Component):
 
     Notes
     -----
-    Cost of :meth:`explain` per image: one classifier forward pass (predicted class and
-    ``p_y(x)``; plus one backward pass with ``use_gradient=True``) and one forward pass of the
+    Cost of :meth:`explain` per image: one clean forward pass of the classifier (the predicted
+    class and the intercept; skipped with ``intercept=False`` and a given ``target``), with
+    ``use_gradient=True`` ``gradient_points`` forward and backward passes, and one forward pass of the
     explainer network (about 4M multiply-adds on a 32x32 image with ``hidden=8``, a tenth of
     the ``SmallCNN`` classifier).  Cost of a training step per image: ``n_coalitions + 1``
     classifier forward passes and one forward/backward pass of the network.
@@ -297,6 +306,7 @@ class AmortizedLimeExplainer(Component):
 
     trainable = True  # declared capability: partial_fit trains it online inside a training loop
     fused_fit_explain = True  # declared capability: partial_fit_explain shares the classifier passes
+    optional_intercept = True  # declared capability: explain(..., intercept=False) skips the clean pass
 
     _parameter_constraints = {
         "segmenter": [None, _has_segment],
@@ -394,6 +404,8 @@ class AmortizedLimeExplainer(Component):
         stale = state.get("net_") is not None and "gain" not in state["net_"]._modules
         if stale:  # pickled before the gain head existed: Adam's moments start afresh
             state["net_"] = _with_gain(state["net_"])
+        if state.get("net_") is not None and "context_" not in state:
+            state["context_"] = "input"  # pickled before the context existed: keep what it was trained on
         super().__setstate__(state)
         if opt_state is not None:
             self.optimizer_ = self._make_optimizer(self.net_)
@@ -411,7 +423,7 @@ class AmortizedLimeExplainer(Component):
             return None
         opt = self.optimizer_.state_dict() if "optimizer_" in self.__dict__ else None
         return {"config": list(self.net_config_), "net": self.net_.state_dict(), "optimizer": opt,
-                "n_iter": int(self.n_iter_)}
+                "n_iter": int(self.n_iter_), "context": self._context()}
 
     def load_state_dict(self, state: dict) -> "AmortizedLimeExplainer":
         """Restore what :meth:`state_dict` returned; the parameters must match its configuration."""
@@ -424,6 +436,8 @@ class AmortizedLimeExplainer(Component):
         if _load_net(self.net_, state["net"]) and state.get("optimizer") is not None:
             self.optimizer_.load_state_dict(state["optimizer"])
         self.n_iter_ = int(state["n_iter"])
+        # states saved before the context existed read the clean images' probabilities
+        self.context_ = state.get("context", "input")
         return self
 
     def _make_optimizer(self, net):
@@ -448,10 +462,17 @@ class AmortizedLimeExplainer(Component):
         self.n_iter_ = 0
         self.loss_ = float("nan")
         self.net_config_ = (int(n_channels), int(n_classes), int(self.hidden), bool(self.use_gradient))
+        self.context_ = "blend" if self.use_gradient else "input"
+
+    def _context(self) -> str:
+        """Which class probabilities the network reads: ``'blend'`` (at the gradient's blends)
+        or ``'input'`` (of the clean image; networks without the gradient input, and those
+        saved before the blend context existed)."""
+        return self.__dict__.get("context_", "input") if self.use_gradient else "input"
 
     def _reset(self) -> None:
         for name in ("net_", "optimizer_", "n_classes_", "n_channels_", "n_iter_", "loss_", "loss_curve_",
-                     "net_config_"):
+                     "net_config_", "context_"):
             self.__dict__.pop(name, None)
 
     def _net_on(self, device):
@@ -487,9 +508,11 @@ class AmortizedLimeExplainer(Component):
         probs = torch.softmax(logits.float(), 1)
         return probs, (probs.argmax(1) if target is None else target)
 
-    def _blend_gradient(self, module, X, fimg, target, seg=None, generator=None) -> torch.Tensor:
+    def _blend_gradient(self, module, X, fimg, target, seg=None, generator=None):
         """Input gradient of ``p_target`` at the half-filled image ``(x + fill) / 2``, or with
-        ``gradient_points = k >= 2`` its mean over ``k`` Latin-hypercube blends per segment.
+        ``gradient_points = k >= 2`` its mean over ``k`` Latin-hypercube blends per segment;
+        and the class probabilities ``(N, K)`` at the blend(s) (mean over the blends), which
+        the same forward passes give.
 
         LIME's kernel-weighted masks hide about half of the segments (6 to 11 of 16 kept
         carry most of the weight), so the linearisation at the half-way blend predicts LIME's
@@ -503,12 +526,14 @@ class AmortizedLimeExplainer(Component):
             keep = latin_hypercube(k, X.shape[0], int(seg.amax()) + 1, generator, X.device)
             blends = (blend_segments(X, fimg, seg, m) for m in keep)
         total = torch.zeros_like(X)
+        mean_probs = 0.0
         with torch.enable_grad():
             for Xb in blends:
                 Xb = Xb.detach().requires_grad_(True)
                 probs = torch.softmax(self._logits(module, Xb).float(), 1)
                 total += torch.autograd.grad(probs.gather(1, target[:, None]).sum(), Xb)[0].detach()
-        return total / k
+                mean_probs = mean_probs + probs.detach()
+        return total / k, mean_probs / k
 
     def _masked_probs(self, module, X, fimg, seg, keep) -> torch.Tensor:
         """Class probabilities of the filled images: ``(N, P, K)`` float32 (no_grad, batched)."""
@@ -531,10 +556,14 @@ class AmortizedLimeExplainer(Component):
         segmenter = self.segmenter if self.segmenter is not None else default_segmenter(h, w)
         return segmenter.segment(X).to(X.device).long()
 
-    def _surrogate(self, X, seg, valid, fimg, probs, target, grad, all_classes=False):
+    def _surrogate(self, X, seg, valid, fimg, probs, target, grad, all_classes=False, base=None):
         """Segment weights ``(N, S)`` and intercepts ``(N,)`` of the amortized surrogate for
         the target (with ``all_classes``: ``(N, K, S)`` and ``(N, K)`` for every class),
-        differentiable in ``net_``'s parameters; float32."""
+        differentiable in ``net_``'s parameters; float32.
+
+        ``probs`` is the network's context (:meth:`_prepare`); ``base`` the clean images'
+        probabilities ``(N, K)``, on which the intercept rests: ``p(x) - sum(w) + c``
+        (``NaN`` where ``base`` is ``None``, i.e. no clean pass was run)."""
         n, c, h, w = X.shape
         Xf, ff = X.float(), fimg.float()
         scale = h * w / 16.0  # maps are in units of "weight of a 1/16 of the image"
@@ -543,10 +572,12 @@ class AmortizedLimeExplainer(Component):
             first = (grad.float() * (Xf - ff)).sum(1, keepdim=True)  # (N, 1, H, W)
             parts += [grad.float() * scale, first * scale]
         maps, corr, gain = self._net_forward(torch.cat(parts, 1), probs)
+        if base is None:
+            base = torch.full_like(probs, float("nan"))
         if not all_classes:
             maps = maps.gather(1, target[:, None, None, None].expand(n, 1, h, w))
             corr = corr.gather(1, target[:, None])
-            probs = probs.gather(1, target[:, None])
+            base = base.gather(1, target[:, None])
             gain = gain.gather(1, target[:, None])
         if grad is not None:  # plus a learned multiple of the target's first-order attribution
             on_target = F.one_hot(target, probs.shape[1]).to(maps.dtype) if all_classes else 1.0
@@ -555,7 +586,7 @@ class AmortizedLimeExplainer(Component):
         pix = (maps / scale).reshape(n, k, h * w)
         weights = torch.zeros(n, k, valid.shape[1], dtype=pix.dtype, device=pix.device)
         weights = weights.scatter_add(2, seg.reshape(n, 1, h * w).expand(n, k, h * w), pix)
-        intercept = probs - weights.sum(2) + corr
+        intercept = base - weights.sum(2) + corr
         if not all_classes:
             return weights[:, 0], intercept[:, 0]
         return weights, intercept
@@ -572,15 +603,30 @@ class AmortizedLimeExplainer(Component):
             out = self.net_(feats, probs)
         return tuple(o.float() for o in out)
 
-    def _prepare(self, module, X, target, segments=None, generator=None):
-        """Clean pass, segments, valid columns, fill and (``use_gradient``) the gradient."""
-        probs, target = self._clean_pass(module, X, target)
+    def _prepare(self, module, X, target, segments=None, generator=None, clean=True):
+        """``(context, target, grad, seg, valid, fimg, probs)``: the class probabilities the
+        network reads (``context``), segments, valid columns, fill, (``use_gradient``) the
+        gradient, and the clean images' probabilities ``probs``.
+
+        With the blend context the gradient's forward passes give the context, and the clean
+        pass only serves the intercept (and the predicted class when ``target`` is ``None``):
+        ``clean=False`` skips it where it is not needed (``probs`` is then ``None``).
+        """
+        probs = None
+        if clean or target is None or self._context() == "input":
+            probs, target = self._clean_pass(module, X, target)
         seg = self._segments(X, segments)
         s_n = seg.reshape(seg.shape[0], -1).amax(1) + 1
         valid = torch.arange(int(s_n.max()), device=X.device)[None] < s_n[:, None]
         fimg = segment_means(X, seg)
-        grad = self._blend_gradient(module, X, fimg, target, seg, generator) if self.use_gradient else None
-        return probs, target, grad, seg, valid, fimg
+        grad = context = None
+        if self.use_gradient:
+            grad, at_blend = self._blend_gradient(module, X, fimg, target, seg, generator)
+            if self._context() == "blend":
+                context = at_blend
+        if context is None:
+            context = probs
+        return context, target, grad, seg, valid, fimg, probs
 
     def _inputs(self, model, X, target):
         """Validate ``model``, ``X`` and ``target``; ``X`` on the module's device and dtype."""
@@ -605,7 +651,9 @@ class AmortizedLimeExplainer(Component):
         with eval_mode(module):
             if prepared is None:
                 prepared = self._prepare(module, X, target, generator=generator)
-            probs, target, grad, seg, valid, fimg = prepared
+            context, target, grad, seg, valid, fimg, probs = prepared
+            if probs is None:  # the all-kept mask's value: p(x), one clean pass of the step's rows
+                probs, _ = self._clean_pass(module, X, target)
             law, z_pi = _coalition_law(valid, float(self.kernel_width))
             keep = _draw_coalitions(valid, int(self.n_coalitions), law, generator)
             f = self._masked_probs(module, X, fimg, seg, keep)  # (N, n, K)
@@ -614,7 +662,7 @@ class AmortizedLimeExplainer(Component):
         for group in self.optimizer_.param_groups:
             group["lr"] = float(lr)
         all_classes = bool(self.all_classes)
-        weights, intercept = self._surrogate(X, seg, valid, fimg, probs, target, grad, all_classes)
+        weights, intercept = self._surrogate(X, seg, valid, fimg, context, target, grad, all_classes, base=probs)
         if all_classes:  # every class: (N, K, S) weights, (N, n, K) targets
             p_full = probs
         else:
@@ -677,7 +725,7 @@ class AmortizedLimeExplainer(Component):
         self._net_on(X.device)
         return generator
 
-    def partial_fit_explain(self, model, X, target=None, *, n_fit, segments=None) -> Attribution:
+    def partial_fit_explain(self, model, X, target=None, *, n_fit, segments=None, intercept=True) -> Attribution:
         """One :meth:`partial_fit` step on the first ``n_fit`` images, then :meth:`explain` of all.
 
         The step and the explanation need the same classifier passes for the rows they
@@ -692,7 +740,7 @@ class AmortizedLimeExplainer(Component):
 
         Parameters
         ----------
-        model, X, target, segments
+        model, X, target, segments, intercept
             As in :meth:`explain`; ``segments`` are used by the step too.
         n_fit : int
             Rows ``X[:n_fit]`` (``1 <= n_fit <= len(X)``) take the optimisation step.
@@ -710,8 +758,8 @@ class AmortizedLimeExplainer(Component):
         generator = self._online_start(module, X, target)
         if n_fit > _EXPLAIN_CHUNK:  # the step's rows span chunks: no sharing
             self._step(module, X[:n_fit], None if target is None else target[:n_fit], generator, float(self.lr))
-            return self.explain(model, X, target, segments=segments)
-        return self._explain(module, X, target, segments, fit=(n_fit, generator))
+            return self.explain(model, X, target, segments=segments, intercept=intercept)
+        return self._explain(module, X, target, segments, fit=(n_fit, generator), intercept=intercept)
 
     def fit(self, model, X, target=None):
         """Train a new explainer network for ``model`` on the images ``X``.
@@ -783,7 +831,7 @@ class AmortizedLimeExplainer(Component):
         return self
 
     # ----------------------------------------------------------------- explaining
-    def explain(self, model, X, target=None, *, segments=None, samples=None) -> Attribution:
+    def explain(self, model, X, target=None, *, segments=None, samples=None, intercept=True) -> Attribution:
         """Explain the predictions of ``model`` on ``X`` with the trained network.
 
         Parameters
@@ -801,6 +849,12 @@ class AmortizedLimeExplainer(Component):
             Masks (``True`` = kept) on which to audit the surrogate: the model is run on them
             and ``score`` is the surrogate's weighted R^2 (LIME's kernel).  ``None``: no
             model passes beyond the clean one, and ``score`` is ``NaN``.
+        intercept : bool, default=True
+            Compute the intercept, which rests on the clean images' probabilities.  With the
+            blend context (``context_``) and a given ``target``, ``False`` skips that clean
+            forward pass, the only classifier pass the weights do not need (the training loop's
+            call: maskers read the weights); ``intercept`` is then ``NaN``.  Ignored with
+            ``samples`` (the audit's R^2 needs it) and with the clean context.
 
         Returns
         -------
@@ -821,11 +875,12 @@ class AmortizedLimeExplainer(Component):
         module, X, target = self._inputs(model, X, target)
         self._check_compatible(X.shape[1], self.n_classes_)
         self._check_target_range(target, self.n_classes_)
-        return self._explain(module, X, target, segments, samples=samples)
+        return self._explain(module, X, target, segments, samples=samples, intercept=intercept)
 
-    def _explain(self, module, X, target, segments, samples=None, fit=None) -> Attribution:
+    def _explain(self, module, X, target, segments, samples=None, fit=None, intercept=True) -> Attribution:
         """:meth:`explain` on validated inputs; ``fit=(n, generator)`` first takes an online step
         on the first ``n`` rows with the first chunk's classifier passes."""
+        clean = bool(intercept) or samples is not None
         out_dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
         n = X.shape[0]
         net = self._net_on(X.device)
@@ -839,16 +894,16 @@ class AmortizedLimeExplainer(Component):
                 b = min(a + _EXPLAIN_CHUNK, n)
                 tb = None if target is None else target[a:b]
                 sb = None if seg_all is None else seg_all[a:b]
-                prepared = self._prepare(module, X[a:b], tb, sb, blend_gen)
-                probs, tb, grad, seg, valid, fimg = prepared
-                if probs.shape[1] != self.n_classes_:
-                    self._check_compatible(X.shape[1], probs.shape[1])
+                prepared = self._prepare(module, X[a:b], tb, sb, blend_gen, clean=clean)
+                context, tb, grad, seg, valid, fimg, probs = prepared
+                if context.shape[1] != self.n_classes_:
+                    self._check_compatible(X.shape[1], context.shape[1])
                 if fit is not None and a == 0:
                     k, generator = fit
                     rows = tuple(None if t is None else t[:k] for t in prepared)
                     self._step(module, X[:k], rows[1], generator, float(self.lr), prepared=rows)
                 with torch.no_grad():
-                    w, icpt = self._surrogate(X[a:b], seg, valid, fimg, probs, tb, grad)
+                    w, icpt = self._surrogate(X[a:b], seg, valid, fimg, context, tb, grad, base=probs)
                 parts.append((seg, w, valid, icpt, tb))
         s_max = max(p[1].shape[1] for p in parts)
         seg = torch.cat([p[0] for p in parts])
