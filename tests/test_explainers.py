@@ -271,6 +271,33 @@ def test_fuse_conv_bn_is_the_same_function_and_leaves_the_module_alone():
     assert isinstance(fuse_conv_bn(pre)[0], torch.nn.BatchNorm2d)
 
 
+def test_refold_conv_bn_equals_a_fresh_fold_after_the_model_changes():
+    """A training loop refreshes one folded copy per step (no deep copy): after the module's
+    weights and BatchNorm statistics move, the refreshed copy is the fresh fold's function."""
+    from attribshield.explainers._model import refold_conv_bn
+
+    m = _bn_cnn().train()
+    f = fuse_conv_bn(m, channels_last=True)
+    x = torch.rand(3, 3, 32, 32)
+    opt = torch.optim.SGD(m.parameters(), lr=0.5)
+    for _ in range(2):  # weights and running statistics change
+        opt.zero_grad()
+        m(torch.rand(8, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        stale = f(x)
+        assert refold_conv_bn(f, m) is f
+        fresh = fuse_conv_bn(m)
+        torch.testing.assert_close(f(x), fresh(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(f(x), m.eval()(x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(stale, f(x), atol=1e-4)
+    assert f.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="fuse_conv_bn"):
+        refold_conv_bn(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)), m)
+    with pytest.raises(ValueError, match="pair"):
+        refold_conv_bn(f, torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3)))
+
+
 def test_fuse_bn_explanations_match_the_unfused_ones():
     m = _bn_cnn()
     X = torch.rand(2, 3, 32, 32)
