@@ -87,7 +87,7 @@ class TrainConfig:
     penalty_h: float = _opt(0.01, "full-dose methods: step of the finite-difference penalty")
     penalty_bf16: bool = _opt(False, "full-dose methods: run the penalty's probes under the bf16 autocast too "
                               "(needs --bf16; cheaper; pair with a larger --penalty-h, docs/performance.md)")
-    explainer_update_fraction: float = _opt(0.125, "full_amortized: share of each batch used to train the "
+    explainer_update_fraction: float = _opt(0.0625, "full_amortized: share of each batch used to train the "
                                             "explainer online")
     explainer_coalitions: int = _opt(8, "full_amortized: LIME coalitions per image and explainer step")
     audit_size: int = _opt(128, "full-dose methods: training images audited against exact LIME per epoch")
