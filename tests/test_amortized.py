@@ -49,15 +49,17 @@ def tiny_cnn(c=1, n_classes=3, seed=0):
 
 
 class CountingModel(torch.nn.Module):
-    """Wraps a model and counts its forward calls."""
+    """Wraps a model and counts its forward calls and the images it is run on."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
         self.calls = 0
+        self.rows = 0
 
     def forward(self, x):
         self.calls += 1
+        self.rows += x.shape[0]
         return self.model(x)
 
 
@@ -474,25 +476,12 @@ def test_gain_scales_the_first_order_attribution_and_old_states_load():
     unpickled.partial_fit(model, X)
 
 
-class RowCountingModel(torch.nn.Module):
-    """Wraps a model and counts the images it is run on."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.rows = 0
-
-    def forward(self, x):
-        self.rows += x.shape[0]
-        return self.model(x)
-
-
 def test_blend_context_needs_no_clean_pass_for_a_given_target():
     """With the gradient input the network reads the class probabilities at the gradient's
     blend, which its forward pass gives: the weights for a given target need one classifier
     pass per image, not two (``intercept=False``, the training loop's call); the intercept,
     and the predicted class for ``target=None``, still take the clean pass."""
-    model = RowCountingModel(tiny_cnn())
+    model = CountingModel(tiny_cnn())
     X = images(12)
     expl = small(use_gradient=True).fit(model, X)
     assert expl.context_ == "blend"
@@ -561,7 +550,7 @@ def test_states_saved_before_the_blend_context_keep_the_clean_context():
     old = {k: v for k, v in state.items() if k != "context"}
     restored = small(use_gradient=True).load_state_dict(old)
     assert restored.context_ == "input"
-    counting = RowCountingModel(model)
+    counting = CountingModel(model)
     restored.explain(counting, X, target, intercept=False)
     assert counting.rows == 2 * len(X)  # the clean pass is back: it is the context
     assert not torch.equal(restored.explain(model, X, target).weights, expl.explain(model, X, target).weights)
