@@ -247,3 +247,21 @@ def test_campaign_script_runs_on_written_cifar100(tmp_path):
     summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
     assert [(r["run"], r["config"]["dataset"], r["epochs"]) for r in summary] == [("fgsm_rs", "cifar100", 1)]
     assert "| corruptions mean |" in (tmp_path / "runs" / "summary.md").read_text()
+
+
+def test_the_flag_table_in_cli_md_states_the_config_defaults():
+    """docs/cli.md lists each flag with its default: every plain numeric default there equals
+    TrainConfig's (the table is written by hand, so a changed default must change it too)."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    checked = 0
+    for flag, value in re.findall(r"^\| `--([a-z0-9-]+)[^|]*\| ([0-9.e-]+) \|", text, flags=re.M):
+        name = flag.replace("-", "_")
+        if name in defaults and isinstance(defaults[name], (int, float)) and not isinstance(defaults[name], bool):
+            assert float(value) == pytest.approx(float(defaults[name])), (flag, value, defaults[name])
+            checked += 1
+    assert checked >= 15  # the table's numeric rows were found
