@@ -696,15 +696,16 @@ class RobustAttributionClassifier(NeuralNetClassifier):
         (:func:`~attribshield.explainers._model.refold_conv_bn`, no copy) for the explanations of
         ``x`` and ``x_adv`` and the explainer's own step; ``module`` itself
         where there is nothing to fold or the explainer only reads the step's gradients."""
-        if capability(self.explainer_, "uses_input_grad") or not any(
-                isinstance(m, torch.nn.BatchNorm2d) for m in module.modules()):
+        if capability(self.explainer_, "uses_input_grad"):
             return module
         cached = self.__dict__.get("_fold_cache")
-        if cached is not None and cached[0] is module and cached[1] == bool(self.channels_last):
-            return refold_conv_bn(cached[2], module)  # same weights as a fresh fold, no copy
-        fused = fuse_conv_bn(module, channels_last=self.channels_last).requires_grad_(False)
-        self.__dict__["_fold_cache"] = (module, bool(self.channels_last), fused)
-        return fused
+        if cached is None or cached[0] is not module or cached[1] != bool(self.channels_last):
+            fused = fuse_conv_bn(module, channels_last=self.channels_last).requires_grad_(False)
+            # nothing folded (no Conv -> BN pair, e.g. a pre-activation ResNet): no copy to refresh
+            cached = (module, bool(self.channels_last), fused if fused._folded_pairs else None)
+            self.__dict__["_fold_cache"] = cached
+            return module if cached[2] is None else fused
+        return module if cached[2] is None else refold_conv_bn(cached[2], module)  # no copy
 
     def _online_selection(self, module, X, X_adv, y, grad, grad_adv=None, fit_rows=0, emod=None):
         """Fresh spurious segments of the first ``mask_fraction`` of the batch, with the current model.

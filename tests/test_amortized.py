@@ -400,6 +400,13 @@ def test_bad_inputs_raise(fitted):
         expl.explain(model, X[:2], samples=torch.ones(2, 5, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="module rejected"):
         expl.fit(model, images(2, c=3))
+    counting = CountingModel(model)
+    for bad in ("no", 0, None):
+        with pytest.raises(ValueError, match="intercept"):
+            expl.explain(counting, X[:2], intercept=bad)
+        with pytest.raises(ValueError, match="intercept"):
+            expl.partial_fit_explain(counting, X[:2], n_fit=1, intercept=bad)
+    assert counting.calls == 0  # before any work
 
 
 # --------------------------------------------------------------------------- sklearn

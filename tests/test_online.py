@@ -301,6 +301,15 @@ class _ConvBNNet(torch.nn.Module):
         return self.head(self.features(x))
 
 
+class _PreActNet(_ConvBNNet):
+    """BatchNorm before the convolution: nothing to fold."""
+
+    def __init__(self, num_classes=3):
+        super().__init__(num_classes)
+        self.features = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Conv2d(1, 4, 3, padding=1),
+                                            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+
+
 def test_online_amortized_explainer_runs_a_folded_copy_of_the_current_model(data, monkeypatch):
     """The explainer's passes of an online step run on an eval-mode copy of the current model
     with Conv-BN pairs folded (the same function, no BatchNorm, parameters untouched), and ask
@@ -337,3 +346,11 @@ def test_online_amortized_explainer_runs_a_folded_copy_of_the_current_model(data
     plain.fit(*data)
     monkeypatch.undo()
     assert all(m is plain.module_ for m in seen)
+    # BatchNorm without a Conv -> BN pair to fold (pre-activation): no copy either
+    seen.clear()
+    monkeypatch.setattr(AmortizedLimeExplainer, "_explain", spy)
+    pre = _online(module=_PreActNet, explainer=AmortizedLimeExplainer(hidden=4, n_coalitions=4, random_state=0),
+                  max_epochs=1, audit_size=0)
+    pre.fit(*data)
+    monkeypatch.undo()
+    assert len(seen) == 6 and all(m is pre.module_ for m in seen)

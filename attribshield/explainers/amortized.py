@@ -751,6 +751,7 @@ class AmortizedLimeExplainer(Component):
             The explanation of every row of ``X`` by the updated network.
         """
         self._validate_params()
+        _check_intercept(intercept)
         module, X, target = self._inputs(model, X, target)
         if not _is_int(n_fit) or isinstance(n_fit, bool) or not 1 <= int(n_fit) <= X.shape[0]:
             raise ValueError(f"n_fit must be an integer in [1, len(X)] = [1, {X.shape[0]}], got {n_fit!r}")
@@ -871,6 +872,7 @@ class AmortizedLimeExplainer(Component):
             of classes differs from the one trained for; malformed ``segments`` or ``samples``.
         """
         self._validate_params()
+        _check_intercept(intercept)
         self._check_fitted()
         module, X, target = self._inputs(model, X, target)
         self._check_compatible(X.shape[1], self.n_classes_)
@@ -965,6 +967,11 @@ class AmortizedLimeExplainer(Component):
         pred = attr.intercept.double()[:, None] + (keep.double() * w[:, None]).sum(2)
         P = keep.shape[1]
         return (sw * (f.double() - pred) ** 2).sum(1) / P + float(self.alpha) / float(self.n_samples) * (w**2).sum(1)
+
+
+def _check_intercept(intercept) -> None:
+    if not isinstance(intercept, (bool, np.bool_)):
+        raise ValueError(f"intercept must be True or False, got {intercept!r}")
 
 
 def _check_samples(samples, n: int, s_max: int, device) -> torch.Tensor:
